@@ -1,0 +1,122 @@
+"""Validation of a composed config, before any work: every bad value gets one line naming the
+full key, the value given and what is allowed."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from tsdyn.module import LOSSES
+from tsdyn.nets import BN_PLACEMENTS, INIT_MODES
+
+
+class ConfigError(ValueError):
+    """A bad config value; ``str(err)`` is the one-line message for the user."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+Rule = tuple[Callable[[Any], bool], str]
+POSITIVE_INT: Rule = (lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT: Rule = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+POSITIVE: Rule = (lambda v: _is_num(v) and v > 0, "a number > 0")
+NON_NEGATIVE: Rule = (lambda v: _is_num(v) and v >= 0, "a number >= 0")
+UNIT: Rule = (lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]")
+OPEN_UNIT: Rule = (lambda v: v is None or (_is_num(v) and 0 < v < 1), "null or a number in (0, 1)")
+BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
+POSITIVE_INT_LIST: Rule = (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                           and all(_is_int(k) and k > 0 for k in v), "a non-empty list of positive integers")
+NUMBER_LIST: Rule = (lambda v: isinstance(v, (list, tuple)) and any(_is_num(c) and c != 0 for c in v)
+                     and all(_is_num(c) for c in v), "a list of numbers, not all zero")
+
+
+def one_of(choices) -> Rule:
+    return (lambda v: v in choices, f"one of {list(choices)}")
+
+
+RULES: dict[str, Rule] = {
+    "teacher.d": POSITIVE_INT,
+    "teacher.ks": POSITIVE_INT_LIST,
+    "teacher.d_out": POSITIVE_INT,
+    "teacher.seed": NON_NEGATIVE_INT,
+    "teacher.weight_choices": NUMBER_LIST,
+    "teacher.strength_decay": NON_NEGATIVE,
+    "teacher.bias_tune": OPEN_UNIT,
+    "teacher.bn": one_of(BN_PLACEMENTS),
+    "teacher.bn_affine": BOOL,
+    "student.width_mult": POSITIVE_INT,
+    "student.num_students": POSITIVE_INT,
+    "student.seed": NON_NEGATIVE_INT,
+    "student.bn": one_of(BN_PLACEMENTS),
+    "student.bn_affine": BOOL,
+    "student.init": one_of(INIT_MODES),
+    "student.init_scale": POSITIVE,
+    "data.std": POSITIVE,
+    "data.n_train": POSITIVE_INT,
+    "data.n_eval": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "data.batch_size": POSITIVE_INT,
+    "data.regenerate_each_epoch": BOOL,
+    "data.seed": NON_NEGATIVE_INT,
+    "optimizer.lr": POSITIVE,
+    "optimizer.momentum": NON_NEGATIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "loss": one_of(LOSSES),
+    "epochs": POSITIVE_INT,
+    "steps_per_call": POSITIVE_INT,
+    "log_every_n_steps": POSITIVE_INT,
+}
+
+
+def fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first bad value of ``cfg`` (a composed train config)."""
+    for key, (ok, allowed) in RULES.items():
+        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            continue
+        value = _plain(cfg, key)
+        if not ok(value):
+            fail(key, value, allowed)
+
+    schedule = _plain(cfg, "optimizer.lr_schedule") or {}
+    if not isinstance(schedule, dict):
+        fail("optimizer.lr_schedule", schedule, "a mapping {epoch: lr}")
+    for epoch, lr in schedule.items():
+        if not (_is_int(epoch) and epoch >= 0):
+            fail("optimizer.lr_schedule", schedule, f"integer epochs >= 0 as keys (got {epoch!r})")
+        if not (_is_num(lr) and lr > 0):
+            fail(f"optimizer.lr_schedule.{epoch}", lr, "a learning rate > 0")
+
+    if _plain(cfg, "student.init") == "perturb":
+        std = _plain(cfg, "student.perturb_std")
+        if not (_is_num(std) and std >= 0):
+            fail("student.perturb_std", std, "a noise std >= 0 (student.init=perturb needs one)")
+
+    n_train, bs = _plain(cfg, "data.n_train"), _plain(cfg, "data.batch_size")
+    if _is_int(n_train) and _is_int(bs) and bs > n_train:
+        fail("data.batch_size", bs, f"at most data.n_train={n_train}")
+
+    for name in (_plain(cfg, "callbacks") or {}):
+        for field in ("threshold", "thresholds"):
+            key = f"callbacks.{name}.{field}"
+            value = _plain(cfg, key)
+            values = value if isinstance(value, list) else [value]
+            if value is not None and not all(UNIT[0](v) for v in values):
+                fail(key, value, "thresholds in [0, 1]")
+        every = _plain(cfg, f"callbacks.{name}.every_n_epochs")
+        if every is not None and not POSITIVE_INT[0](every):
+            fail(f"callbacks.{name}.every_n_epochs", every, POSITIVE_INT[1])

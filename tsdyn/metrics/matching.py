@@ -1,0 +1,67 @@
+"""Teacher-student node matching by activation correlation (PAPER.md section 3)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+DEAD_STD = 1e-6  # a teacher node whose activation std is below this never fires: no correlation
+
+
+def as_samples(h: Tensor) -> Tensor:
+    """Node activations as a sample matrix: ``[..., N, K]`` stays; a conv map ``[..., N, C, H, W]``
+    becomes ``[..., N*H*W, C]`` (spatial positions are samples, channels are nodes)."""
+    if h.dim() in (4, 5):  # FC activations are [N, K] or [E, N, K]
+        *lead, n, c, hh, ww = h.shape
+        return h.movedim(-3, -1).reshape(*lead, n * hh * ww, c)
+    return h
+
+
+def correlation(t: Tensor, s: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation between every teacher node and every student node.
+
+    ``t``: ``[N, K_t]`` teacher activations; ``s``: ``[..., N, K_s]`` student activations (leading
+    axes, e.g. an ensemble of students, are batched). Returns ``[..., K_t, K_s]``. Rows of teacher
+    nodes that never fire (std < ``DEAD_STD``) are NaN: their correlation is undefined. A student
+    node that never fires gets 0. Computed in float64 for accuracy near 1.
+    """
+    t = t.double()
+    s = s.double()
+    tc = t - t.mean(-2, keepdim=True)
+    sc = s - s.mean(-2, keepdim=True)
+    tn = tc.norm(dim=-2)                                   # [K_t]
+    sn = sc.norm(dim=-2)                                   # [..., K_s]
+    c = torch.matmul(tc.transpose(-1, -2), sc)             # [..., K_t, K_s]
+    c = c / (tn[:, None] * sn[..., None, :] + eps)
+    dead = tn / (t.shape[-2] ** 0.5) < DEAD_STD
+    return c.masked_fill(dead[:, None], float("nan")).float()
+
+
+def best_match(c: Tensor) -> tuple[Tensor, Tensor]:
+    """Each teacher node's best student: ``c`` ``[..., K_t, K_s]`` -> (values ``[..., K_t]``,
+    student indices ``[..., K_t]``). Dead teacher rows give value NaN, index -1."""
+    dead = torch.isnan(c).all(-1)
+    values, idx = torch.nan_to_num(c, nan=-2.0).max(-1)
+    return values.masked_fill(dead, float("nan")), idx.masked_fill(dead, -1)
+
+
+def match_summary(best: Tensor, thresholds: Sequence[float] = (0.9, 0.95, 0.99)) -> dict[str, Tensor]:
+    """Per-layer summary of best-match values ``best`` ``[..., K_t]`` (NaN = dead teacher node).
+
+    Returns tensors of shape ``[...]``: ``mean_best``, ``min_best``, ``max_best``, ``frac_above_<t>``
+    (share of live teacher nodes whose best student correlates above t) and ``dead_teacher``
+    (count of teacher nodes that never fire, kept out of every average).
+    """
+    live = ~torch.isnan(best)
+    n_live = live.sum(-1).clamp(min=1)
+    filled = torch.nan_to_num(best, nan=0.0)
+    out = {
+        "mean_best": filled.sum(-1) / n_live,
+        "min_best": torch.where(live, best, torch.full_like(best, float("inf"))).amin(-1),
+        "max_best": torch.where(live, best, torch.full_like(best, -float("inf"))).amax(-1),
+    }
+    for th in thresholds:
+        out[f"frac_above_{th:g}"] = ((filled > th) & live).sum(-1) / n_live
+    out["dead_teacher"] = (~live).sum(-1).float()
+    return out

@@ -1,0 +1,124 @@
+"""The one place that writes results: every Lightning logger, the run folder's metrics file,
+per-epoch arrays and the summary. Keys are the same everywhere (e.g. ``match/layer0/mean_best``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def member_scalars(values: Mapping[str, Tensor]) -> dict[str, float]:
+    """Per-member values ``{key: [E]}`` -> flat scalars. With one member: ``{key: v}``; with E > 1:
+    the mean under ``key`` plus ``key/min``, ``key/max`` and ``key/s<i>`` for each student.
+    All values come to the host in one transfer."""
+    if not values:
+        return {}
+    keys = list(values)
+    stacked = torch.stack([values[k].detach().float().reshape(-1) for k in keys]).cpu().numpy()
+    out: dict[str, float] = {}
+    for key, row in zip(keys, stacked):
+        if row.size == 1:
+            out[key] = float(row[0])
+            continue
+        finite = row[np.isfinite(row)]
+        out[key] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{key}/min"] = float(finite.min()) if finite.size else float("nan")
+        out[f"{key}/max"] = float(finite.max()) if finite.size else float("nan")
+        out.update({f"{key}/s{i}": float(v) for i, v in enumerate(row)})
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+class Recorder:
+    """Writes to ``run_dir`` (``metrics.jsonl``, ``arrays/``, ``summary.json``) and to the trainer's
+    loggers. ``run_dir=None`` writes to the loggers only (tests, benchmarks)."""
+
+    METRICS = "metrics.jsonl"
+    SUMMARY = "summary.json"
+
+    def __init__(self, run_dir: str | Path | None):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.last: dict[str, float] = {}
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(self, trainer, metrics: Mapping[str, float], epoch: int) -> None:
+        """One row: to every logger (at ``trainer.global_step``) and appended to the metrics file."""
+        step = int(trainer.global_step) if trainer is not None else 0
+        metrics = dict(metrics)
+        self.last.update(metrics)
+        if self.run_dir is not None:
+            with open(self.run_dir / self.METRICS, "a") as f:
+                f.write(json.dumps(_json_safe({"step": step, "epoch": epoch, **metrics})) + "\n")
+        for logger in (trainer.loggers if trainer is not None else []):
+            logger.log_metrics(metrics, step=step)
+
+    def log_members(self, trainer, values: Mapping[str, Tensor], epoch: int) -> dict[str, float]:
+        """Per-student tensors ``{key: [E]}``, logged via :func:`member_scalars`; returns the row."""
+        row = member_scalars(values)
+        self.log(trainer, row, epoch)
+        return row
+
+    def save_arrays(self, name: str, epoch: int, arrays: Mapping[str, Tensor | np.ndarray]) -> Path | None:
+        """Matrices and per-node vectors of one epoch: ``arrays/<name>_epoch<NNN>.npz`` (compressed)."""
+        if self.run_dir is None:
+            return None
+        folder = self.run_dir / "arrays"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}_epoch{epoch:03d}.npz"
+        tmp = folder / f".{path.stem}.tmp.npz"
+        np.savez_compressed(tmp, **{k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v
+                                    for k, v in arrays.items()})
+        os.replace(tmp, path)
+        return path
+
+    def write_json(self, name: str, content: Mapping[str, Any]) -> None:
+        if self.run_dir is not None:
+            atomic_write_text(self.run_dir / name, json.dumps(_json_safe(dict(content)), indent=2) + "\n")
+
+    def write_summary(self, trainer, summary: Mapping[str, Any]) -> None:
+        """``summary.json`` (atomic) and each logger's run summary (W&B's ``run.summary``)."""
+        self.write_json(self.SUMMARY, summary)
+        for logger in (trainer.loggers if trainer is not None else []):
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "summary"):
+                experiment.summary.update(_json_safe(dict(summary)))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All rows of a run folder's metrics file (a torn last line from a crash is skipped)."""
+    rows = []
+    path = Path(run_dir) / Recorder.METRICS
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
