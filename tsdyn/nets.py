@@ -109,7 +109,9 @@ class ReLUNet(nn.Module):
         raise AssertionError("unreachable")
 
     def fan_out(self, layer: int) -> Tensor:
-        """Outgoing weights of hidden layer ``layer``'s nodes: ``[E, out_{l+1}, K_l]`` (a view)."""
+        """Outgoing weights of hidden layer ``layer``'s nodes as ``[E, R, K_l]``: column k holds every
+        weight leaving node k (here R = the next layer's width). A view: writes go to the weights,
+        so zeroing a column removes the node from the network."""
         return self.weights[layer + 1]
 
     def member(self, i: int) -> "ReLUNet":
