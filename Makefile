@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE WANDB_MODE=offline WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: setup train test bench clean
+.PHONY: setup train test bench clean data report
 
 setup: $(STAMP)
 
@@ -26,7 +26,25 @@ test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(ARGS)
 
 bench: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/bench.py $(ARGS)
+	$(PY) scripts/bench.py $(ARGS)  # active OpenMP waits: PASSIVE slows 2-thread small matmuls ~3x
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package (`apt-get download` + `dpkg -x`: no root
+# needed) into data/FashionMNIST/raw/, gzipped and unpacked (torchvision reads the unpacked files).
+FMNIST_RAW := data/FashionMNIST/raw
+data: $(FMNIST_RAW)/t10k-labels-idx1-ubyte
+
+$(FMNIST_RAW)/t10k-labels-idx1-ubyte:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && apt-get download dataset-fashion-mnist) && \
+	dpkg -x "$$tmp"/dataset-fashion-mnist_*.deb "$$tmp/pkg" && \
+	mkdir -p $(FMNIST_RAW) && cp "$$tmp"/pkg/usr/share/datasets/fashion-mnist/*-ubyte.gz $(FMNIST_RAW)/ && \
+	gunzip -kf $(FMNIST_RAW)/*-ubyte.gz
+
+# figures and summary table of a run or multirun folder: make report RUN=outputs/multiruns/<date>/<time>
+# (default: the newest multirun); written to $(RUN)/report/
+RUN ?=
+report: $(STAMP)
+	$(PY) -m tsdyn.report $(RUN)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

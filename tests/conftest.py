@@ -16,9 +16,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)
 
-# A small, fast version of the main job (seconds, not minutes).
+# A small, fast version of the main job (seconds, not minutes). Node matching and the checkpoint
+# only: a test that needs the analyses adds "callbacks=default" (tests/test_analysis_callbacks.py).
 SMALL = ["data.n_train=4096", "data.n_eval=1024", "epochs=3", "steps_per_call=16",
-         "log_every_n_steps=32", "trainer.enable_progress_bar=false", "logger=none"]
+         "log_every_n_steps=32", "trainer.enable_progress_bar=false", "logger=none", "callbacks=minimal"]
 
 
 def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig:

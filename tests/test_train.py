@@ -1,5 +1,6 @@
 """End-to-end: real (small) training runs through the same code path as the CLI."""
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ def test_run_folder_holds_checkpoint_with_teacher_and_arrays(small_cfg, tmp_path
     run_dir = Path(cfg.run_dir)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert any(k.startswith("teacher.weights") for k in ckpt["state_dict"])
-    arrays = sorted(p.name for p in (run_dir / "arrays").iterdir())
+    arrays = sorted(p.name for p in (run_dir / "arrays").glob("match_*"))
     assert arrays == ["match_epoch000.npz", "match_epoch001.npz"]
 
 
@@ -44,8 +45,11 @@ def test_wandb_offline_run_has_per_layer_summary(small_cfg):
     runs = list((Path(cfg.run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     # wandb 0.31 keeps an offline run as one protobuf transaction log (read by `wandb sync`);
-    # string fields are stored verbatim, so the summary's keys and values can be found in it
-    log = runs[0].read_bytes()
+    # string fields are stored verbatim, so the summary's keys and values can be found in it.
+    # Its service process may still be flushing when finish() returns: wait for the summary.
+    deadline = time.monotonic() + 60
+    while b'"completed"' not in (log := runs[0].read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
     for layer in range(4):
         assert f"match/layer{layer}/mean_best".encode() in log
     assert b'"completed"' in log  # the summary's status: only the summary holds it

@@ -3,16 +3,29 @@ full key, the value given and what is allowed."""
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tsdyn.images import IMAGE_SETS, require_files
 from tsdyn.module import LOSSES
-from tsdyn.nets import BN_PLACEMENTS, INIT_MODES
+from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, read_teacher_file
 
 
 class ConfigError(ValueError):
     """A bad config value; ``str(err)`` is the one-line message for the user."""
+
+
+@contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """A :class:`ConfigError` inside ends the command: its one line on stderr, exit status 2."""
+    try:
+        yield
+    except ConfigError as err:
+        print(f"tsdyn: config error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _is_int(v: Any) -> bool:
@@ -42,7 +55,10 @@ def one_of(choices) -> Rule:
 
 
 RULES: dict[str, Rule] = {
-    "teacher.d": POSITIVE_INT,
+    "teacher.d": (lambda v: POSITIVE_INT[0](v) or (isinstance(v, list) and len(v) == 3 and POSITIVE_INT_LIST[0](v)),
+                  "a positive integer (fully connected teacher) or the image shape [C, H, W] of image data "
+                  "(conv teacher: data=fashion_mnist, mnist or cifar10)"),
+    "teacher.kernel_size": POSITIVE_INT,
     "teacher.ks": POSITIVE_INT_LIST,
     "teacher.d_out": POSITIVE_INT,
     "teacher.seed": NON_NEGATIVE_INT,
@@ -64,6 +80,15 @@ RULES: dict[str, Rule] = {
     "data.batch_size": POSITIVE_INT,
     "data.regenerate_each_epoch": BOOL,
     "data.seed": NON_NEGATIVE_INT,
+    "data.dataset": one_of(IMAGE_SETS),
+    "data.download": BOOL,
+    "data.crop_padding": NON_NEGATIVE_INT,
+    "data.hflip": BOOL,
+    "data.num_classes": POSITIVE_INT,
+    "data.norm_mean": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_num(m) for m in v),
+                       "a list of numbers (one per channel)"),
+    "data.norm_std": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_num(s) and s > 0 for s in v),
+                      "a list of numbers > 0 (one per channel)"),
     "optimizer.lr": POSITIVE,
     "optimizer.momentum": NON_NEGATIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
@@ -71,6 +96,23 @@ RULES: dict[str, Rule] = {
     "epochs": POSITIVE_INT,
     "steps_per_call": POSITIVE_INT,
     "log_every_n_steps": POSITIVE_INT,
+    "threads": (lambda v: v is None or POSITIVE_INT[0](v), "null or a positive integer"),
+    "trainer.max_epochs": POSITIVE_INT,
+    "trainer.accelerator": one_of(("auto", "cpu", "gpu", "cuda", "mps")),
+    "trainer.enable_progress_bar": BOOL,
+    "logger.wandb.mode": one_of(("online", "offline", "disabled")),
+    "logger.wandb.settings.init_timeout": POSITIVE,
+}
+
+
+CALLBACK_RULES: dict[str, Rule] = {  # fields of any callbacks.<name> entry
+    "every_n_epochs": POSITIVE_INT,
+    "media_every_n_epochs": POSITIVE_INT,
+    "baseline_epochs": NON_NEGATIVE_INT,
+    "n_samples": POSITIVE_INT,
+    "share": UNIT,
+    "seed": NON_NEGATIVE_INT,
+    "norm_ord": POSITIVE,
 }
 
 
@@ -117,6 +159,55 @@ def validate(cfg: DictConfig) -> None:
             values = value if isinstance(value, list) else [value]
             if value is not None and not all(UNIT[0](v) for v in values):
                 fail(key, value, "thresholds in [0, 1]")
-        every = _plain(cfg, f"callbacks.{name}.every_n_epochs")
-        if every is not None and not POSITIVE_INT[0](every):
-            fail(f"callbacks.{name}.every_n_epochs", every, POSITIVE_INT[1])
+        for field, (ok, allowed) in CALLBACK_RULES.items():
+            value = _plain(cfg, f"callbacks.{name}.{field}")
+            if value is not None and not ok(value):
+                fail(f"callbacks.{name}.{field}", value, allowed)
+        if theory_required(cfg, name):
+            for net in ("student", "teacher"):
+                bn = _plain(cfg, f"{net}.bn")
+                if bn not in (None, "none"):
+                    fail(f"{net}.bn", bn, f"'none' while callbacks.{name}.required=true (the beta/H theory needs "
+                                          f"fully connected nets without BatchNorm); set it to false to skip")
+
+    check_inputs(cfg)
+
+
+def theory_required(cfg: DictConfig, name: str) -> bool:
+    """Whether callback ``name`` is the beta/H theory and must run (``required``, the default for an
+    explicit request); the default callbacks set ``required: false`` and skip BN / conv nets."""
+    return (_plain(cfg, f"callbacks.{name}._target_") == "tsdyn.callbacks.BetaH"
+            and _plain(cfg, f"callbacks.{name}.required") is not False)
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The teacher reads the data: image files present (unless torchvision downloads them), the
+    teacher's input size or shape (a pretrained teacher: its file's) equal to the data's, and the
+    beta/H theory kept to fully connected teachers."""
+    dataset = _plain(cfg, "data.dataset")
+    if dataset is not None and not _plain(cfg, "data.download"):
+        try:
+            require_files(dataset, _plain(cfg, "data.root"))
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+    if OmegaConf.select(cfg, "teacher.checkpoint", default="__absent__") != "__absent__":
+        key, value = "teacher.checkpoint", _plain(cfg, "teacher.checkpoint")
+        try:
+            teacher_file = read_teacher_file(value)
+        except (TypeError, OSError, ValueError) as err:
+            fail(key, value, f"a teacher file written by python -m tsdyn.pretrain_teacher ({err})")
+        kind, d = teacher_file["kind"], teacher_file["arch"]["d"]
+    else:
+        key = "teacher.d"
+        kind, d = ("conv" if isinstance(_plain(cfg, key), list) else "fc"), _plain(cfg, key)
+        value = d
+    shape = _plain(cfg, "data.shape")
+    if shape is not None and d != (shape if kind == "conv" else _plain(cfg, "data.input_dim")):
+        expected = shape if kind == "conv" else f"{_plain(cfg, 'data.input_dim')} (flattened {shape})"
+        fail(key, value, f"a teacher reading data={dataset}'s inputs {expected}; this one reads {d}")
+    if shape is None and kind == "conv":
+        fail(key, value, "image data for a conv teacher (data=fashion_mnist, mnist or cifar10)")
+    for name in (_plain(cfg, "callbacks") or {}):
+        if kind == "conv" and theory_required(cfg, name):
+            fail(f"callbacks.{name}.required", True, f"false for a conv teacher (the beta/H theory needs fully "
+                                                      f"connected nets), or ~callbacks.{name}")

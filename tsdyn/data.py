@@ -7,13 +7,31 @@ from torch import Tensor
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator determined by (seed, epoch, stream) alone, so that a resumed run draws exactly
-    what an uninterrupted one would. Streams: 0 = training inputs, 1 = shuffling, 2 = evaluation."""
+    what an uninterrupted one would. Streams: 0 = training inputs, 1 = shuffling, 2 = evaluation,
+    3 = image augmentation."""
     g = torch.Generator(device=device)
     g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + stream) % (2**63))
     return g
 
 
-class GaussianData:
+class InMemoryData:
+    """What the training loop asks of every data source besides its inputs: ``n_train``,
+    ``batch_size``, ``seed``, the steps per epoch and the epoch's shuffle."""
+
+    n_train: int
+    batch_size: int
+    seed: int
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the last incomplete batch is dropped)."""
+        return self.n_train // self.batch_size
+
+    def shuffle(self, epoch: int, device: torch.device | str) -> Tensor:
+        """The epoch's permutation of the training indices, ``[n_train]``."""
+        return torch.randperm(self.n_train, generator=epoch_generator(self.seed, epoch, 1, device), device=device)
+
+
+class GaussianData(InMemoryData):
     """Gaussian inputs x ~ N(0, std^2 I) (the paper uses std 10).
 
     The training set is fixed (drawn once) unless ``regenerate_each_epoch``; the evaluation set is
@@ -37,11 +55,3 @@ class GaussianData:
     def eval_inputs(self, d: int, device: torch.device | str) -> Tensor:
         """``[n_eval, d]``, drawn independently of the training set."""
         return self.sample(self.n_eval, d, epoch_generator(self.seed, 0, 2, device))
-
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch (the last incomplete batch is dropped)."""
-        return self.n_train // self.batch_size
-
-    def shuffle(self, epoch: int, device: torch.device | str) -> Tensor:
-        """The epoch's permutation of the training indices, ``[n_train]``."""
-        return torch.randperm(self.n_train, generator=epoch_generator(self.seed, epoch, 1, device), device=device)

@@ -8,6 +8,7 @@ only every ``log_every_n_steps`` steps.
 from __future__ import annotations
 
 import bisect
+import signal
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Mapping
@@ -20,10 +21,39 @@ from torch.utils.data import DataLoader
 
 from tsdyn.data import GaussianData
 from tsdyn.metrics.matching import as_samples, correlation
-from tsdyn.nets import ReLUNet
+from tsdyn.nets import ReLUNet, predict
 from tsdyn.recorder import Recorder
 
 LOSSES = ("mse", "cross_entropy")
+
+
+class Diverged(Exception):
+    """A non-finite training loss (checked every ``log_every_n_steps`` steps) ended training."""
+
+    def __init__(self, step: int):
+        super().__init__(step)  # the constructor's argument: the exception pickles
+        self.step = step
+
+    def __str__(self) -> str:
+        return f"non-finite training loss at step {self.step}"
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM, a pre-emption) ended training between two optimizer steps. Like
+    ``KeyboardInterrupt`` it is no ``Exception``: a sweep's per-job error handling lets it through."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+def _advance_step_counter(trainer: pl.Trainer, n: int) -> None:
+    """Count ``n`` optimizer steps taken outside ``LightningOptimizer.step`` in the trainer's
+    ``global_step`` (the manual-optimisation progress tracker that ``step()`` would increment)."""
+    trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(n)
 
 
 def lr_at(epoch: int, base_lr: float, schedule: Mapping[int, float]) -> float:
@@ -76,15 +106,16 @@ class TeacherStudent(pl.LightningModule):
         self.optimizer_factory, self.lr_schedule = optimizer, dict(lr_schedule or {})
         self.loss_kind, self.steps_per_call, self.log_every = loss, int(steps_per_call), int(log_every_n_steps)
         self.recorder = recorder or Recorder(None)
-        self.diverged_at: int | None = None
+        self.stop_signal: int | None = None  # set by a signal handler (tsdyn.resume.StopOnSignal)
+        self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end (checkpointed)
+        self._resumed: dict | None = None  # this module's part of the checkpoint resumed from
         self._snapshot: Snapshot | None = None
         self._train: tuple[Tensor, Tensor] | None = None  # fixed training set and its labels
 
     # ------------------------------------------------------------------ data
-    @torch.no_grad()
-    def label(self, x: Tensor, chunk: int = 16384) -> Tensor:
-        """Teacher outputs for ``x`` ``[N, d]`` -> ``[N, d_out]``, in chunks, without autograd."""
-        return torch.cat([self.teacher(x[i:i + chunk])[0][0] for i in range(0, len(x), chunk)])
+    def label(self, x: Tensor) -> Tensor:
+        """Teacher outputs for ``x`` ``[N, ...]`` -> ``[N, d_out]``, in chunks, without autograd."""
+        return predict(self.teacher, x)[0]
 
     def train_dataloader(self) -> DataLoader:
         n_calls = -(-self.data.steps_per_epoch() // self.steps_per_call)
@@ -107,47 +138,81 @@ class TeacherStudent(pl.LightningModule):
         perm = self.data.shuffle(epoch, self.device)
         self._x, self._y = self._train[0][perm], self._train[1][perm]
         self._loss_sum = torch.zeros(self.student.num_members, device=self.device)
-        self._loss_count = 0
+        self._flushed_at = self.global_step
+        self._in_epoch = True
 
     # ------------------------------------------------------------------ training
-    def training_step(self, call: int) -> None:
-        opt = self.optimizers()
+    def training_step(self, _call: int) -> None:
+        """``steps_per_call`` optimizer steps on consecutive batches of the epoch's tensor.
+
+        The steps drive the torch optimizer directly: Lightning's per-step hooks
+        (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``) would cost more
+        than a small step itself, so they are not called (use batch or epoch hooks). The trainer's
+        step counter advances by the steps taken, so ``global_step``, checkpoints and loggers all
+        count optimizer steps. The position in the epoch comes from ``global_step`` (every epoch has
+        the same steps), so a call resumed from a checkpoint taken inside it goes on where it stopped.
+        A non-finite loss (:class:`Diverged`) or a signal (``stop_signal``: :class:`Interrupted`)
+        ends training after the current step."""
+        opt = self.optimizers().optimizer
         bs, steps = self.data.batch_size, self.data.steps_per_epoch()
-        for i in range(call * self.steps_per_call, min((call + 1) * self.steps_per_call, steps)):
-            out, _ = self.student(self._x[i * bs:(i + 1) * bs])
-            losses = per_student_loss(out, self._y[i * bs:(i + 1) * bs], self.loss_kind)
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(losses.sum())
-            opt.step()
-            self._loss_sum += losses.detach()
-            self._loss_count += 1
-            if self.global_step % self.log_every == 0:
-                loss = self._flush_train_loss()
-                self.log("loss", loss.mean().item(), prog_bar=True, logger=False)
-                if self.diverged_at is not None:
-                    return
+        first = self.global_step - self.current_epoch * steps
+        last = min((first // self.steps_per_call + 1) * self.steps_per_call, steps)
+        step0, x, y, loss_sum = self.global_step, self._x, self._y, self._loss_sum
+        step = step0
+        try:
+            for i in range(first, last):
+                out, _ = self.student(x[i * bs:(i + 1) * bs])
+                losses = per_student_loss(out, y[i * bs:(i + 1) * bs], self.loss_kind)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+                loss_sum += losses.detach()
+                step = step0 + i - first + 1
+                if step % self.log_every == 0:
+                    loss = self._flush_train_loss(step)
+                    self.log("loss", loss.mean().item(), prog_bar=True, logger=False)
+                if self.stop_signal is not None:
+                    raise Interrupted(self.stop_signal)
+        finally:
+            _advance_step_counter(self.trainer, step - step0)
 
     def on_train_start(self) -> None:
         if self.global_step == 0:
             self._log_eval(0)
+        if self._resumed is not None and self._resumed["in_epoch"]:  # resumed inside an epoch
+            self.on_train_epoch_start()
+            self._loss_sum.copy_(self._resumed["loss_sum"])
+            self._flushed_at = self._resumed["flushed_at"]
 
     def on_train_epoch_end(self) -> None:
-        if self._loss_count:
-            self._flush_train_loss()
+        if self.global_step > self._flushed_at:
+            self._flush_train_loss(self.global_step)
         self._log_eval(self.current_epoch + 1)
+        self._in_epoch = False
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What a resumed run needs besides weights and Lightning's loop state: whether the epoch
+        was under way, the training-loss accumulator, and how much of ``metrics.jsonl`` was written."""
+        checkpoint["tsdyn"] = {"in_epoch": self._in_epoch, "loss_sum": self._loss_sum.detach().cpu(),
+                               "flushed_at": self._flushed_at, "metrics_bytes": self.recorder.metrics_bytes()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming: rows written after the checkpoint are dropped (they will be written again)."""
+        self._resumed = checkpoint["tsdyn"]
+        self.recorder.rewind(self._resumed["metrics_bytes"])
 
     def _log_eval(self, epoch: int) -> None:
         self.recorder.log_members(self.trainer, {"loss/eval": self.snapshot(epoch).eval_loss}, epoch)
 
-    def _flush_train_loss(self) -> Tensor:
-        """The one host sync of the loop: mean training loss since the last flush; NaN/Inf stops."""
-        loss = (self._loss_sum / self._loss_count).cpu()
+    def _flush_train_loss(self, step: int) -> Tensor:
+        """The one host sync of the loop: mean training loss ``[E]`` over the steps since the last
+        flush, logged at ``step``; a NaN/Inf ends training (:class:`Diverged`, after logging it)."""
+        loss = (self._loss_sum / (step - self._flushed_at)).cpu()
         self._loss_sum.zero_()
-        self._loss_count = 0
+        self._flushed_at = step
+        self.recorder.log_members(self.trainer, {"loss/train": loss}, epoch=self.current_epoch, step=step)
         if not torch.isfinite(loss).all():
-            self.diverged_at = self.global_step
-            self.trainer.should_stop = True
-        self.recorder.log_members(self.trainer, {"loss/train": loss}, epoch=self.current_epoch)
+            raise Diverged(step)
         return loss
 
     # ------------------------------------------------------------------ evaluation

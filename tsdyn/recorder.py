@@ -11,19 +11,22 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 
 def member_scalars(values: Mapping[str, Tensor]) -> dict[str, float]:
     """Per-member values ``{key: [E]}`` -> flat scalars. With one member: ``{key: v}``; with E > 1:
     the mean under ``key`` plus ``key/min``, ``key/max`` and ``key/s<i>`` for each student.
-    All values come to the host in one transfer."""
+    Keys may differ in E (e.g. a student's and the teacher's values). All values come to the host
+    in one transfer."""
     if not values:
         return {}
     keys = list(values)
-    stacked = torch.stack([values[k].detach().float().reshape(-1) for k in keys]).cpu().numpy()
+    flat = [values[k].detach().float().reshape(-1) for k in keys]
+    rows = np.split(torch.cat(flat).cpu().numpy(), np.cumsum([len(v) for v in flat])[:-1])
     out: dict[str, float] = {}
-    for key, row in zip(keys, stacked):
+    for key, row in zip(keys, rows):
         if row.size == 1:
             out[key] = float(row[0])
             continue
@@ -61,16 +64,20 @@ class Recorder:
 
     METRICS = "metrics.jsonl"
     SUMMARY = "summary.json"
+    ANALYSIS = "analysis.json"
 
     def __init__(self, run_dir: str | Path | None):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.last: dict[str, float] = {}
+        self.analysis: dict[str, Any] = {}
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def log(self, trainer, metrics: Mapping[str, float], epoch: int) -> None:
-        """One row: to every logger (at ``trainer.global_step``) and appended to the metrics file."""
-        step = int(trainer.global_step) if trainer is not None else 0
+    def log(self, trainer, metrics: Mapping[str, float], epoch: int, step: int | None = None) -> None:
+        """One row: to every logger (at ``step``, default ``trainer.global_step``) and appended to
+        the metrics file."""
+        if step is None:
+            step = int(trainer.global_step) if trainer is not None else 0
         metrics = dict(metrics)
         self.last.update(metrics)
         if self.run_dir is not None:
@@ -79,10 +86,30 @@ class Recorder:
         for logger in (trainer.loggers if trainer is not None else []):
             logger.log_metrics(metrics, step=step)
 
-    def log_members(self, trainer, values: Mapping[str, Tensor], epoch: int) -> dict[str, float]:
+    def metrics_bytes(self) -> int:
+        """Size of the metrics file so far: a checkpoint records it for :meth:`rewind`."""
+        path = self.run_dir / self.METRICS if self.run_dir is not None else None
+        return path.stat().st_size if path is not None and path.exists() else 0
+
+    def rewind(self, nbytes: int) -> None:
+        """Resuming from a checkpoint: cut the metrics file back to the ``nbytes`` it had then (the
+        rows after it, a torn last line included, are written again) and take ``last`` from the
+        rows kept."""
+        if self.run_dir is None:
+            return
+        path = self.run_dir / self.METRICS
+        if path.exists():
+            with open(path, "r+b") as f:
+                f.truncate(nbytes)
+        self.last = {}
+        for row in read_metrics(self.run_dir):
+            self.last.update({k: math.nan if v is None else v for k, v in row.items() if k not in ("step", "epoch")})
+
+    def log_members(self, trainer, values: Mapping[str, Tensor], epoch: int,
+                    step: int | None = None) -> dict[str, float]:
         """Per-student tensors ``{key: [E]}``, logged via :func:`member_scalars`; returns the row."""
         row = member_scalars(values)
-        self.log(trainer, row, epoch)
+        self.log(trainer, row, epoch, step)
         return row
 
     def save_arrays(self, name: str, epoch: int, arrays: Mapping[str, Tensor | np.ndarray]) -> Path | None:
@@ -101,6 +128,33 @@ class Recorder:
     def write_json(self, name: str, content: Mapping[str, Any]) -> None:
         if self.run_dir is not None:
             atomic_write_text(self.run_dir / name, json.dumps(_json_safe(dict(content)), indent=2) + "\n")
+
+    def write_analysis(self, section: str, content: Mapping[str, Any]) -> None:
+        """One section of ``analysis.json`` (end-of-run results: ``luck``, ``fanout``, ...), kept
+        beside the sections written before."""
+        self.analysis[section] = dict(content)
+        self.write_json(self.ANALYSIS, self.analysis)
+
+    @staticmethod
+    def media_loggers(trainer) -> list[WandbLogger]:
+        """The trainer's loggers that take images, histograms and tables (W&B)."""
+        return [lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)]
+
+    def log_media(self, trainer, images: Mapping[str, np.ndarray] | None = None,
+                  histograms: Mapping[str, np.ndarray] | None = None,
+                  tables: Mapping[str, tuple[list[str], list[list]]] | None = None) -> None:
+        """Images (``[H, W, 3|4]`` uint8), histograms (arrays of values; non-finite ones dropped) and
+        tables (``(columns, rows)``) to every W&B logger at ``trainer.global_step``. Other loggers
+        and the run folder take no media: the saved arrays redraw them."""
+        loggers = self.media_loggers(trainer)
+        if not loggers:
+            return
+        import wandb
+        media = {k: wandb.Image(v) for k, v in (images or {}).items()}
+        media.update({k: wandb.Histogram(np.asarray(v)[np.isfinite(v)]) for k, v in (histograms or {}).items()})
+        media.update({k: wandb.Table(columns=list(cols), data=rows) for k, (cols, rows) in (tables or {}).items()})
+        for logger in loggers:
+            logger.log_metrics(media, step=int(trainer.global_step))
 
     def write_summary(self, trainer, summary: Mapping[str, Any]) -> None:
         """``summary.json`` (atomic) and each logger's run summary (W&B's ``run.summary``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 import time
@@ -13,27 +14,44 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from tsdyn.config import ConfigError, validate
+from tsdyn.config import exit_on_config_error, validate
 from tsdyn.console import print_match_table
-from tsdyn.module import TeacherStudent
+from tsdyn.loggers import start_loggers
+from tsdyn.module import Diverged, Interrupted, TeacherStudent
+from tsdyn.multirun import in_multirun, multirun_job
 from tsdyn.recorder import Recorder
+from tsdyn.resume import CheckpointOnInterrupt, StopOnSignal, continue_in, last_checkpoint, resumed_config
 
 log = logging.getLogger("tsdyn")
 
 # Known, harmless notices that would bury the run's own output.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen teacher
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# resume= (tsdyn.resume): the module restores its position inside an epoch itself
+# (TeacherStudent.training_step), and the run's own checkpoints/ folder is written again
+warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def build_teacher(cfg: DictConfig, data):
+    """The teacher: loaded from its file (``teacher=pretrained``), or made anew, drawing the inputs
+    it calibrates on (bias tuning, BatchNorm statistics) from ``data``."""
+    if "checkpoint" in cfg.teacher:
+        return instantiate(cfg.teacher)
+    return instantiate(cfg.teacher, input_sampler=lambda n, g: data.sample(n, cfg.teacher.d, g))
 
 
 def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Trainer]:
     """Every object of a run from its (validated) config."""
     data = instantiate(cfg.data)
-    teacher = instantiate(cfg.teacher, input_sampler=lambda n, g: data.sample(n, cfg.teacher.d, g))
+    teacher = build_teacher(cfg, data)
     student = instantiate(cfg.student)(teacher)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     lr_schedule = opt_cfg.pop("lr_schedule", None) or {}
@@ -41,49 +59,69 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
                             loss=cfg.loss, steps_per_call=cfg.steps_per_call,
                             log_every_n_steps=cfg.log_every_n_steps, recorder=Recorder(run_dir))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if run_dir is not None:
+        callbacks.append(CheckpointOnInterrupt(run_dir))
+    loggers = start_loggers(cfg, run_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, trainer
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one run; always writes ``summary.json`` (status completed / diverged / failed)."""
+def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Train one run, or with ``resume`` continue it from ``checkpoints/last.ckpt`` (from the start
+    if it stopped before its first checkpoint). Always writes ``summary.json``, status
+    ``completed``, ``diverged`` (``diverged_at_step``: where the non-finite loss was seen),
+    ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
+    ``failed`` (the error is re-raised)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     module, trainer = build(cfg, run_dir)
+    ckpt = last_checkpoint(run_dir) if resume else None
+    if ckpt is not None and not ckpt.exists():
+        module.recorder.rewind(0)
+        ckpt = None
     summary = {"status": "failed", "run_dir": str(run_dir)}
     start = time.perf_counter()
-    try:
-        trainer.fit(module)
-        summary["status"] = "diverged" if module.diverged_at is not None else "completed"
-        if module.diverged_at is not None:
-            summary["diverged_at_step"] = module.diverged_at
-    except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
-        summary["error"] = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        summary.update(epochs=trainer.current_epoch, steps=trainer.global_step,
-                       wall_time_s=round(time.perf_counter() - start, 2), final=module.recorder.last)
-        module.recorder.write_summary(trainer, summary)
-        ok = summary["status"] == "completed"
-        for lg in trainer.loggers:
-            lg.finalize("success" if ok else "failed")
-            if isinstance(lg, WandbLogger):  # end this job's W&B run: the next job must not inherit it
-                lg.experiment.finish(exit_code=0 if ok else 1)
+    with StopOnSignal(module):
+        try:
+            trainer.fit(module, ckpt_path=ckpt)
+            summary["status"] = "completed"
+        except Diverged as err:
+            summary.update(status="diverged", diverged_at_step=err.step)
+        except (Interrupted, SIGTERMException) as err:  # Lightning's own SIGTERM exit: at a call's end
+            stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGTERM)
+            summary.update(status="interrupted", error=str(stop))
+            print(f"tsdyn: {stop} at step {trainer.global_step}, checkpoint saved; continue with: "
+                  f"python -m tsdyn.train resume={run_dir}", file=sys.stderr)
+            raise stop from None
+        except BaseException as err:  # noqa: BLE001 - recorded, then re-raised
+            summary["error"] = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            summary.update(epochs=trainer.current_epoch, steps=trainer.global_step,
+                           wall_time_s=round(time.perf_counter() - start, 2), final=module.recorder.last)
+            module.recorder.write_summary(trainer, summary)
+            ok = summary["status"] == "completed"
+            for lg in trainer.loggers:
+                lg.finalize("success" if ok else "failed")
+                if isinstance(lg, WandbLogger):  # end this job's W&B run: the next job must not inherit it
+                    lg.experiment.finish(exit_code=0 if ok else 1)
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    try:
+def job(cfg: DictConfig) -> float | None:
+    """One run from its config (``resume=<folder>``: that run, continued with its own config): exits
+    2 on a bad value, 3 when training diverges; a signal raises :class:`Interrupted`."""
+    with exit_on_config_error():
         validate(cfg)
-    except ConfigError as err:
-        print(f"tsdyn: config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    run_dir = Path(cfg.run_dir)
-    summary = run(cfg, run_dir)
+        if cfg.get("resume"):
+            run_dir = Path(cfg.resume)
+            cfg = resumed_config(run_dir, cfg, HydraConfig.get().overrides.task)
+            validate(cfg)
+            resume = True
+        else:
+            run_dir = Path(cfg.run_dir)
+            resume = continue_in(run_dir)
+    summary = run(cfg, run_dir, resume)
     print_match_table(summary)
     if summary["status"] == "diverged":
         print(f"tsdyn: run diverged (non-finite loss) at step {summary['diverged_at_step']}; "
@@ -92,5 +130,14 @@ def main(cfg: DictConfig) -> float | None:
     return summary["final"].get("match/layer0/mean_best")
 
 
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    # in a multirun a job's failure is recorded in its folder and the other jobs go on
+    return multirun_job(job, cfg) if in_multirun() else job(cfg)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Interrupted as stop:  # checkpoint saved: exit as a process ended by that signal would
+        sys.exit(128 + stop.signum)

@@ -1,0 +1,155 @@
+"""``tsdyn.report``: figures and the summary table from run folders alone. Synthetic run folders
+written here by hand after the artifact contract (numbers known exactly), and one small real
+multirun through the CLI."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.multiruns import multirun
+from tsdyn.recorder import read_metrics
+from tsdyn.report import FIGURES, band, main, top_sorted, write_report
+
+KT = [3, 4]          # teacher hidden widths of the synthetic runs (layer 0 lowest)
+E = 2                # students per run
+EPOCHS = 2
+
+
+def write_run(folder: Path, width_mult: int, seed: int, rng, status: str = "completed",
+              init: str = "default", arrays: bool = True) -> dict:
+    """A run folder after the contract; returns its final per-student layer-0 mean best and eval loss."""
+    ks = [k * width_mult for k in KT]
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"student.width_mult={width_mult}", f"student.seed={seed}"]))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({
+        "teacher": {"ks": KT, "seed": 1}, "run_dir": "${hydra:runtime.output_dir}",
+        "student": {"width_mult": width_mult, "num_students": E, "seed": seed, "init": init}}))
+    rows, final = [], {}
+    for epoch in range(EPOCHS + 1):
+        values = {}
+        for layer in range(len(KT)):
+            values[f"match/layer{layer}/mean_best"] = rng.uniform(0.3, 1.0, E)
+        values["loss/eval"] = rng.uniform(0.01, 1.0, E)
+        if epoch == EPOCHS:
+            for layer in range(len(KT)):
+                for b in range(EPOCHS):
+                    values[f"luck/layer{layer}/top_pct_mean/epoch{b}"] = rng.uniform(1, 50, E)
+                    values[f"luck/layer{layer}/top_pct_median/epoch{b}"] = rng.uniform(1, 50, E)
+        if status == "diverged" and epoch == EPOCHS:
+            values = {k: np.zeros(E) for k in values}
+        row = {"step": epoch * 10, "epoch": epoch}
+        for key, v in values.items():
+            row.update({key: float(v.mean()), f"{key}/min": float(v.min()), f"{key}/max": float(v.max()),
+                        **{f"{key}/s{i}": float(x) for i, x in enumerate(v)}})
+        rows.append(row)
+        final.update({k: v for k, v in row.items() if k not in ("step", "epoch")})
+        if arrays:
+            (folder / "arrays").mkdir(exist_ok=True)
+            path = folder / "arrays" / "{}_epoch{:03d}.npz"
+            save = lambda name, **a: np.savez_compressed(str(path).format(name, epoch), **a)  # noqa: E731
+            corr = {f"corr_layer{l}": rng.uniform(-1, 1, (E, kt, ks)) for l, (kt, ks) in enumerate(zip(KT, ks))}
+            save("match", **corr, **{f"best_student_layer{l}": corr[f"corr_layer{l}"].argmax(-1) for l in range(2)},
+                 **{f"best_layer{l}": corr[f"corr_layer{l}"].max(-1) for l in range(2)})
+            save("fanout", **{f"fanout_layer{l}": rng.uniform(1e-4, 2, (E, k)) for l, k in enumerate(ks)},
+                 **{f"best_corr_layer{l}": corr[f"corr_layer{l}"].max(-2) for l in range(2)})
+            save("bn", **{f"student_bias_layer{l}": rng.normal(-0.1, 0.1, (E, k)) for l, k in enumerate(ks)})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "summary.json").write_text(json.dumps({"status": status, "epochs": EPOCHS, "final": final,
+                                                     **({"diverged_at_step": 15} if status == "diverged" else {})}))
+    return {"mean_best": values["match/layer0/mean_best"], "loss": values["loss/eval"]}
+
+
+def table_rows(md: str, section: str) -> dict[str, list[str]]:
+    """The rows of the markdown table under ``## <section>``, by their first cell."""
+    body = md.split(f"## {section}")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")]
+    return {r[0]: r[1:] for r in rows[1:]}
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+\.?\d*(?:e-?\d+)?", cell)]
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    rng = np.random.default_rng(0)
+    finals = {}
+    for num, (width, seed, status) in enumerate([(1, 0, "completed"), (1, 1, "completed"), (2, 0, "completed"),
+                                                 (2, 1, "completed"), (2, 2, "diverged")]):
+        init = "perturb" if width == 2 else "default"
+        finals[num] = write_run(tmp_path / str(num), width, seed, rng, status, init=init)
+    return tmp_path, finals
+
+
+def test_report_writes_every_figure_and_the_table_matches(synthetic):
+    folder, finals = synthetic
+    path = write_report(folder)
+    out = path.parent
+    for name in FIGURES:
+        assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").exists(), name
+    md = path.read_text()
+    assert "Skipped figures" not in md and "Layer 0 = lowest hidden layer" in md
+    rows = table_rows(md, "Final values")
+    assert set(rows) == {"student.width_mult=1", "student.width_mult=2"}   # seeds pooled
+    for label, runs in (("student.width_mult=1", [0, 1]), ("student.width_mult=2", [2, 3])):  # run 4 diverged
+        cells = rows[label]
+        assert cells[0] == f"{len(runs)}/{len(runs) + (label.endswith('2'))}" and cells[1] == str(E * len(runs))
+        for col, key in ((3, "loss"), (4, "mean_best")):
+            values = np.concatenate([finals[i][key] for i in runs])
+            assert numbers(cells[col]) == pytest.approx([values.mean(), values.min(), values.max()], abs=6e-5)
+    assert "| 4 | diverged | diverged at step 15 |" in md
+
+
+def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic):
+    folder, _ = synthetic
+    md = write_report(folder).read_text()
+    rows = table_rows(md, "Who wins")
+    assert list(rows) == ["student.width_mult=2"]          # the teacher-initialised group only
+    shares = []
+    for num in (2, 3):
+        idx = np.load(folder / str(num) / "arrays" / f"match_epoch{EPOCHS:03d}.npz")["best_student_layer1"]
+        shares += [np.mean(idx[e] == np.arange(KT[1])) for e in range(E)]
+    assert numbers(rows["student.width_mult=2"][1]) == pytest.approx([np.mean(shares), min(shares), max(shares)],
+                                                                     abs=6e-5)
+
+
+def test_missing_data_skips_figures_with_a_note(tmp_path):
+    rng = np.random.default_rng(1)
+    write_run(tmp_path / "0", 1, 0, rng, arrays=False)
+    write_run(tmp_path / "1", 1, 1, rng, status="failed", arrays=False)
+    md = write_report(tmp_path).read_text()
+    written = {p.stem for p in (tmp_path / "report").glob("*.png")}
+    assert written == {"curves", "luck"}
+    notes = dict(re.findall(r"^- `(\w+)`: (.+)$", md.split("## Skipped figures")[1], re.M))
+    assert set(notes) == set(FIGURES) - written
+    assert notes["width"].startswith("fewer than two student.width_mult values")
+    assert notes["fanout_nodes"].startswith("no arrays/fanout_epochNNN.npz")
+    assert "| 1 | failed |" in md
+
+
+def test_top_sorted_and_band():
+    corr = np.array([[[0.1, 0.9, 0.5], [np.nan, np.nan, np.nan]]])          # E=1, K_t=2 (one dead), K_s=3
+    assert top_sorted(corr, k=2).tolist() == [[0.9, 0.5]]
+    assert band([np.array([1.0, np.nan]), np.array([3.0])])[:4] == (2.0, 1.0, 3.0, 2)
+
+
+def test_report_on_a_real_multirun(tmp_path):
+    res = multirun(tmp_path, "logger=none", "epochs=2", "student.num_students=2", "student.bn=after_relu",
+                   "callbacks.theory=null", "student.width_mult=1,2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Skipped figures" not in md
+    assert {p.stem for p in (tmp_path / "report").glob("*.png")} == set(FIGURES)
+    rows = table_rows(md, "Final values")
+    for num, label in ((0, "student.width_mult=1"), (1, "student.width_mult=2")):
+        metrics = read_metrics(tmp_path / str(num))
+        for col, key in ((3, "loss/eval"), (4, "match/layer0/mean_best")):
+            last = [r for r in metrics if key in r][-1]
+            values = [last[f"{key}/s{i}"] for i in range(2)]
+            assert numbers(rows[label][col]) == pytest.approx([np.mean(values), min(values), max(values)],
+                                                              rel=2e-4, abs=6e-5)

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from tsdyn.metrics.theory import backprop_terms, batch_means, diag_ratio, with_one
+from tsdyn.nets import ReLUNet, make_student, make_teacher
+
+
+def nets(members=2, **student_kw):
+    teacher = make_teacher(6, [5, 4, 3], 7, seed=1).double()
+    student = make_student(teacher, width_mult=2, num_students=members, seed=0, **student_kw).double()
+    return teacher, student
+
+
+def forward_with_preactivations(net, x):
+    """An independent forward pass that keeps each hidden layer's pre-activation ``[E, N, K]``."""
+    h, zs = x.expand(net.num_members, *x.shape), []
+    for layer, (w, b) in enumerate(zip(net.weights, net.biases)):
+        z = torch.einsum("enk,eok->eno", h, w) + b[:, None]
+        if layer == net.num_hidden:
+            return z, zs
+        z.retain_grad()
+        zs.append(z)
+        h = torch.relu(z)
+
+
+def test_gradient_identity_equals_autograd():
+    """g_k = D_k [sum_j beta*_kj f*_j - sum_k' beta_kk' f_k'] is minus the gradient of the per-sample
+    loss 0.5 ||y - y*||^2 at the student's pre-activations, on a 3-hidden-layer net."""
+    teacher, student = nets()
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    y_star, f_star = teacher(x)
+    y, zs = forward_with_preactivations(student, x)
+    assert torch.allclose(y, student(x)[0])
+    (0.5 * (y - y_star).pow(2).sum()).backward()   # a sum of per-sample losses: per-sample gradients
+    _, f = student(x)
+    seen = []
+    for layer, terms in backprop_terms(student, teacher, x):
+        k = student.ks[layer]
+        drive = terms["beta_star"][..., :k, :] @ with_one(f_star[layer])[..., None]
+        self_ = terms["beta"][..., :k, :] @ with_one(f[layer])[..., None]
+        g = (f[layer] > 0) * (drive - self_).squeeze(-1)
+        torch.testing.assert_close(g, -zs[layer].grad, rtol=1e-9, atol=1e-10)
+        assert (g != 0).float().mean() > 0.2  # the identity is not trivially 0 = 0
+        seen.append(layer)
+    assert seen == [2, 1, 0]
+
+
+def test_h_is_gated_beta_and_batch_means():
+    teacher, student = nets(members=1)
+    x = torch.randn(10, 6, dtype=torch.float64) * 3
+    _, ft = teacher(x)
+    _, fs = student(x)
+    terms = dict(backprop_terms(student, teacher, x))
+    means = batch_means(student, teacher, x)
+    for layer in range(3):
+        ds, dt = with_one((fs[layer] > 0).double()), with_one((ft[layer] > 0).double())
+        t = terms[layer]
+        torch.testing.assert_close(t["h_star"], t["beta_star"] * ds[..., :, None] * dt[..., None, :])
+        torch.testing.assert_close(t["h"], t["beta"] * ds[..., :, None] * ds[..., None, :])
+        assert t["h_star"][0, :, -1, -1].eq(t["beta_star"][0, :, -1, -1]).all()  # bias slot ungated
+        for key in ("beta_star", "beta", "h_star", "h"):
+            torch.testing.assert_close(means[key][layer], t[key].expand(1, 10, -1, -1).mean(1))
+    assert means["beta_star"][0].shape == (1, 11, 6) and means["h"][2].shape == (1, 7, 7)
+
+
+def test_student_equal_to_teacher_gives_beta_star_equal_beta():
+    teacher = make_teacher(6, [5, 4, 3], 7, seed=1).double()
+    student = make_student(teacher, width_mult=1, init="perturb", perturb_std=0.0).double()
+    x = torch.randn(20, 6, dtype=torch.float64) * 3
+    for _, t in backprop_terms(student, teacher, x):
+        torch.testing.assert_close(t["beta_star"], t["beta"])
+        torch.testing.assert_close(t["h_star"], t["h"])
+
+
+def test_diag_ratio_by_hand():
+    # 3 teacher nodes (+ bias column), 4 students (+ bias row); teacher j matched to student [2, 0, -1]
+    m = torch.tensor([[[4.0, 1.0, 9.0, 9.0],
+                       [9.0, 9.0, 9.0, 9.0],
+                       [2.0, -1.0, 9.0, 9.0],
+                       [9.0, 9.0, 9.0, 9.0],
+                       [9.0, 9.0, 9.0, 9.0]]])
+    # reordered over matched teachers {0, 1}: [[m[2,0], m[2,1]], [m[0,0], m[0,1]]] = [[2, -1], [4, 1]]
+    ratio = diag_ratio(m, torch.tensor([[2, 0, -1]]))
+    assert ratio.item() == pytest.approx(((2 + 1) / 2) / ((1 + 4) / 2))
+    assert torch.isnan(diag_ratio(m, torch.tensor([[2, -1, -1]]))).all()
+
+
+def test_refuses_batchnorm_and_non_fc_nets():
+    teacher = make_teacher(6, [5, 4], 7, seed=1)
+    bn_student = ReLUNet(6, [10, 8], 7, bn="after_relu")
+    with pytest.raises(ValueError, match="the student has bn='after_relu'"):
+        next(backprop_terms(bn_student, teacher, torch.randn(4, 6)))
+    with pytest.raises(ValueError, match="fully connected nets; the teacher is a Linear"):
+        next(backprop_terms(ReLUNet(6, [10, 8], 7), torch.nn.Linear(6, 7), torch.randn(4, 6)))

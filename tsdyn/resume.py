@@ -1,0 +1,168 @@
+"""Interruption and resume: a signal never tears a run, and an interrupted run continues where it
+stopped.
+
+- :class:`StopOnSignal`: SIGINT and SIGTERM (and, under submitit, its pre-emption signal) only ask
+  the training loop to stop (``TeacherStudent.stop_signal``); it stops after the current optimizer
+  step by raising :class:`~tsdyn.module.Interrupted`.
+- :class:`CheckpointOnInterrupt`: while Lightning unwinds, ``checkpoints/last.ckpt`` is written at
+  that step (the module adds its loop state and the size of ``metrics.jsonl`` to it).
+- ``python -m tsdyn.train resume=<run folder>``: :class:`RunFolderGuard` points Hydra at that folder
+  without touching its stored config, :func:`resumed_config` loads that config, and the run
+  continues from ``checkpoints/last.ckpt``; the module cuts ``metrics.jsonl`` back to the rows the
+  checkpoint had seen, so no row is duplicated.
+- A fresh run never writes into a folder that holds a run (:func:`continue_in`), except a requeued
+  SLURM job (pre-emption, submitit), which continues the run it finds there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from tsdyn.config import exit_on_config_error, fail
+from tsdyn.module import Interrupted, TeacherStudent
+from tsdyn.recorder import Recorder
+
+# Overrides a resumed run accepts: they change how it runs, not what it computes (a different
+# accelerator changes float rounding only). Any other override is refused.
+RESUME_OVERRIDES = ("resume", "threads", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices")
+UNFINISHED = (None, "interrupted", "failed")  # summary statuses a run can be resumed from (None: no summary)
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run's latest checkpoint is: epoch ends (ModelCheckpoint ``save_last``) and signals."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def requeued() -> bool:
+    """True in a SLURM job that was requeued (pre-emption, ``scontrol requeue``, submitit)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def _status(folder: Path) -> str | None:
+    path = folder / Recorder.SUMMARY
+    return json.loads(path.read_text()).get("status") if path.exists() else None
+
+
+def continue_in(folder: Path) -> bool:
+    """Whether a run started in ``folder`` (not by ``resume=``) continues a run found there: False
+    for a folder without one, True in a requeued SLURM job if that run is unfinished; any other
+    case is a :class:`~tsdyn.config.ConfigError` (an existing run is never overwritten)."""
+    if not (folder / Recorder.METRICS).exists():
+        return False
+    if requeued() and _status(folder) in UNFINISHED:
+        return True
+    fail("run_dir", str(folder), f"a folder without a run in it (to continue that run: "
+                                 f"python -m tsdyn.train resume={folder})")
+
+
+def check_resumable(folder: Path) -> None:
+    """``resume=<folder>``: a run folder (its ``.hydra/config.yaml``) whose run is unfinished."""
+    if not (folder / ".hydra" / "config.yaml").is_file():
+        fail("resume", str(folder), "a run folder (one holding .hydra/config.yaml)")
+    status = _status(folder)
+    if status not in UNFINISHED:
+        fail("resume", str(folder), f"an unfinished run (this one is {status})")
+
+
+def resumed_config(folder: Path, composed: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The config of the run in ``folder`` (``.hydra/config.yaml``, as first composed), with the
+    values of the harmless ``overrides`` (:data:`RESUME_OVERRIDES`) taken from ``composed``; any
+    other override is a :class:`~tsdyn.config.ConfigError`."""
+    check_resumable(folder)
+    stored = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key not in RESUME_OVERRIDES:
+            fail(key, OmegaConf.select(composed, key), f"no override with resume= besides "
+                 f"{', '.join(RESUME_OVERRIDES[1:])} (a resumed run keeps the config it started with)")
+        OmegaConf.update(stored, key, OmegaConf.select(composed, key), force_add=True)
+    with open_dict(stored):
+        stored.run_dir = str(folder)
+    return stored
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/train.yaml), run before Hydra writes anything:
+    with ``resume=<folder>`` that folder becomes the run folder and its stored config is left as it
+    is; otherwise a run folder that already holds a run is refused (:func:`continue_in`). A bad
+    folder ends the command with one line and exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with exit_on_config_error():
+            if config.get("resume"):
+                folder = Path(config.resume)
+                check_resumable(folder)
+                with read_write(config), open_dict(config):
+                    config.hydra.run.dir = str(folder)
+                    config.hydra.output_subdir = None
+            else:
+                continue_in(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if any(sweep_dir.glob(f"*/{Recorder.METRICS}")) and not requeued():
+            with exit_on_config_error():
+                fail("hydra.sweep.dir", str(sweep_dir), "a folder without runs in it")
+
+
+class StopOnSignal:
+    """Within ``with``: SIGINT and SIGTERM, and submitit's pre-emption signal where submitit handles
+    it (``SUBMITIT_PREEMPT_SIGNAL``, default USR2), set ``module.stop_signal`` and say so in one line;
+    the training loop then stops after the current optimizer step. A second SIGINT stops at once
+    (``KeyboardInterrupt``, no checkpoint). On exit the previous handlers come back, and after a
+    pre-emption signal submitit's own handler runs (it requeues the job; its exit becomes
+    :class:`~tsdyn.module.Interrupted`, which a multirun's per-job error handling lets through)."""
+
+    def __init__(self, module: TeacherStudent):
+        self.module = module
+        self.preempt = getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}", None)
+        self.signals = [signal.SIGINT, signal.SIGTERM]
+        if self.preempt is not None and callable(signal.getsignal(self.preempt)):
+            self.signals.append(self.preempt)
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def _handle(self, signum: int, _frame) -> None:
+        if signum == signal.SIGINT and self.module.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.module.stop_signal = signum
+        print(f"tsdyn: {signal.Signals(signum).name} received: stopping after this optimizer step "
+              f"(checkpoint, then exit; press Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        received = self.module.stop_signal
+        if received is not None and received == self.preempt and received in self.previous:
+            try:
+                self.previous[received](received, None)
+            except SystemExit:  # submitit requeued the job and exits: no sweep handler may swallow that
+                raise Interrupted(received) from None
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """Writes :func:`last_checkpoint` when a signal ends training (:class:`~tsdyn.module.Interrupted`
+    from the loop, or Lightning's own SIGTERM exit at the end of a call or epoch): always at a step
+    boundary, so ``resume=`` continues exactly there."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = last_checkpoint(run_dir)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (Interrupted, SIGTERMException)):
+            trainer.save_checkpoint(self.path, weights_only=False)

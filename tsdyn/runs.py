@@ -1,0 +1,143 @@
+"""Reading run folders back: the artifacts of the run-folder contract (``metrics.jsonl``,
+``summary.json``, ``arrays/<name>_epochNNN.npz``, ``.hydra/``), with no W&B needed.
+
+Per-student values: a run with E > 1 students logs ``<key>/s<i>`` beside the mean ``<key>``; every
+accessor here returns one value per student (``[E]``), so that aggregates over seeds can pool the
+students of a run with the students of other runs.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from omegaconf import OmegaConf
+
+from tsdyn.recorder import Recorder, read_metrics
+
+SEED_KEY = re.compile(r"(^|\.)seed$")
+
+
+def split_override(line: str) -> tuple[str, str]:
+    """``"student.width_mult=5"`` -> ``("student.width_mult", "5")`` (a leading ``+``/``++``/``~`` is dropped)."""
+    key, _, value = line.partition("=")
+    return key.lstrip("+~"), value
+
+
+@dataclass
+class RunFolder:
+    """One run folder (``cfg.run_dir``)."""
+
+    path: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    _arrays: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunFolder":
+        path = Path(path)
+        file = path / ".hydra" / "overrides.yaml"
+        lines = yaml.safe_load(file.read_text()) or [] if file.exists() else []
+        return cls(path, dict(split_override(str(line)) for line in lines))
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        file = self.path / Recorder.SUMMARY
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    @property
+    def status(self) -> str:
+        """``completed``, ``diverged``, ``failed``, ``interrupted`` ... or ``unfinished`` (no summary)."""
+        return self.summary.get("status", "unfinished")
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The job's composed config (``.hydra/config.yaml``), unresolved interpolations left as text."""
+        file = self.path / ".hydra" / "config.yaml"
+        return OmegaConf.to_container(OmegaConf.load(file), resolve=False) if file.exists() else {}
+
+    def config_value(self, key: str, default: Any = None) -> Any:
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    @cached_property
+    def num_students(self) -> int:
+        return int(self.config_value("student.num_students", 1) or 1)
+
+    def members(self, row: dict[str, Any], key: str) -> np.ndarray | None:
+        """The per-student values ``[E]`` of ``key`` in a metrics row or the summary's ``final``
+        (None where the key is absent; a null value reads NaN)."""
+        if f"{key}/s0" in row:
+            values = [row.get(f"{key}/s{i}") for i in range(self.num_students)]
+        elif key in row:
+            values = [row[key]]
+        else:
+            return None
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    def final(self, key: str) -> np.ndarray | None:
+        """Per-student values ``[E]`` of ``key`` at the end of the run (``summary.json``'s ``final``)."""
+        return self.members(self.summary.get("final", {}), key)
+
+    def series(self, key: str) -> dict[int, np.ndarray]:
+        """``{epoch: [E]}`` for every epoch a row holds ``key`` (the last such row of each epoch)."""
+        out = {}
+        for row in self.rows:
+            values = self.members(row, key)
+            if values is not None:
+                out[int(row["epoch"])] = values
+        return out
+
+    def keys(self) -> set[str]:
+        """Every scalar key of the run's final values, per-student suffixes dropped."""
+        return {re.sub(r"/(s\d+|min|max)$", "", k) for k in self.summary.get("final", {})}
+
+    def array_epochs(self, name: str) -> list[int]:
+        """Epochs with an ``arrays/<name>_epochNNN.npz`` file, ascending."""
+        files = (self.path / "arrays").glob(f"{name}_epoch*.npz")
+        return sorted(int(m.group(1)) for f in files if (m := re.fullmatch(rf"{name}_epoch(\d+)\.npz", f.name)))
+
+    def arrays(self, name: str, epoch: int) -> dict[str, np.ndarray]:
+        """Every array of ``arrays/<name>_epoch<epoch>.npz`` (leading student axis E); read once."""
+        if (name, epoch) not in self._arrays:
+            with np.load(self.path / "arrays" / f"{name}_epoch{epoch:03d}.npz") as data:
+                self._arrays[name, epoch] = {k: data[k] for k in data.files}
+        return self._arrays[name, epoch]
+
+    def group_key(self) -> tuple[tuple[str, str], ...]:
+        """The run's overrides without the seed keys (``student.seed``, ``data.seed`` ...): runs that
+        differ in seeds only are trials of one setting."""
+        return tuple(sorted((k, v) for k, v in self.overrides.items() if not SEED_KEY.search(k)))
+
+
+def find_runs(folder: str | Path) -> list[RunFolder]:
+    """The run folders in ``folder``: itself if it is one, else every folder below it holding a
+    ``.hydra`` folder or a ``summary.json`` (a multirun's jobs), in job order."""
+    folder = Path(folder)
+    if (folder / ".hydra").is_dir() or (folder / Recorder.SUMMARY).exists():
+        return [RunFolder.load(folder)]
+    found = {p.parent for p in folder.rglob(".hydra") if p.is_dir()}
+    found |= {p.parent for p in folder.rglob(Recorder.SUMMARY)}
+    found = {p for p in found if "wandb" not in p.relative_to(folder).parts}
+
+    def order(p: Path):
+        return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in p.relative_to(folder).parts)
+    return [RunFolder.load(p) for p in sorted(found, key=order)]
+
+
+def newest_multirun(root: str | Path = "outputs/multiruns") -> Path | None:
+    """The newest multirun folder ``<root>/<date>/<time>`` (names sort by time), or None."""
+    candidates = [p for p in Path(root).glob("*/*") if p.is_dir()]
+    return max(candidates, key=lambda p: (p.parent.name, p.name)) if candidates else None
