@@ -126,14 +126,14 @@ def panels(n: int, max_cols: int = 4):
 
 def plot_band(ax, x, stats: np.ndarray, color, style: str = "-", marker: str | None = "o") -> None:
     """Mean line (``stats[:, 0]``) and min-max band (``stats[:, 1:3]``)."""
-    ax.plot(x, stats[:, 0], style, color=color, lw=1.5, marker=marker, ms=3)
+    ax.plot(x, stats[:, 0], style, color=color, lw=1.5, marker=marker if len(x) < 25 else None, ms=3)
     ax.fill_between(x, stats[:, 1], stats[:, 2], color=color, alpha=0.2, lw=0)
 
 
 def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) -> None:
     """One legend for the figure, below the panels: a line per group, plus ``(style, text)`` extras."""
     handles = [Line2D([], [], color=g.color, lw=2) for g in groups]
-    labels = [g.label for g in groups]
+    labels = [g.label + ("" if g.completed or not g.runs else " (no completed run)") for g in groups]
     handles += [Line2D([], [], color="k", ls=style) for style, _ in extra]
     labels += [text for _, text in extra]
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), frameon=False)
