@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Mapping
 
@@ -86,7 +86,6 @@ class Snapshot:
     student_hidden: list[Tensor]
     teacher_hidden: list[Tensor]
     eval_loss: Tensor
-    extras: dict = field(default_factory=dict)
 
     @cached_property
     def corr(self) -> list[Tensor]:
