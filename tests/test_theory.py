@@ -52,6 +52,7 @@ def test_h_is_gated_beta_and_batch_means():
     _, fs = student(x)
     terms = dict(backprop_terms(student, teacher, x))
     means = batch_means(student, teacher, x)
+    chunked = batch_means(student, teacher, x, chunk=3)
     for layer in range(3):
         ds, dt = with_one((fs[layer] > 0).double()), with_one((ft[layer] > 0).double())
         t = terms[layer]
@@ -60,6 +61,8 @@ def test_h_is_gated_beta_and_batch_means():
         assert t["h_star"][0, :, -1, -1].eq(t["beta_star"][0, :, -1, -1]).all()  # bias slot ungated
         for key in ("beta_star", "beta", "h_star", "h"):
             torch.testing.assert_close(means[key][layer], t[key].expand(1, 10, -1, -1).mean(1))
+            # formed 3 samples at a time (chunks 3 + 3 + 3 + 1): the same means
+            torch.testing.assert_close(chunked[key][layer], means[key][layer])
     assert means["beta_star"][0].shape == (1, 11, 6) and means["h"][2].shape == (1, 7, 7)
 
 

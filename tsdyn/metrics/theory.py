@@ -66,13 +66,18 @@ def backprop_terms(student: ReLUNet, teacher: ReLUNet, x: Tensor) -> Iterator[tu
         yield layer, {"beta_star": beta_star, "beta": beta, "h_star": h_star, "h": h}
 
 
-def batch_means(student: ReLUNet, teacher: ReLUNet, x: Tensor) -> dict[str, list[Tensor]]:
-    """Batch means of beta*, beta, H*, H on ``x`` ``[N, d]``: ``{key: [per hidden layer, lowest first]}``."""
-    out: dict[str, list[Tensor]] = {k: [None] * student.num_hidden for k in THEORY_KEYS}
-    for layer, terms in backprop_terms(student, teacher, x):
-        for key, value in terms.items():
-            out[key][layer] = value.expand(-1, x.shape[0], -1, -1).mean(1)
-    return out
+def batch_means(student: ReLUNet, teacher: ReLUNet, x: Tensor, chunk: int = 32) -> dict[str, list[Tensor]]:
+    """Batch means of beta*, beta, H*, H on ``x`` ``[N, d]``: ``{key: [per hidden layer, lowest first]}``.
+
+    The per-sample terms (``[E, n, K + 1, K + 1]`` per layer) are formed ``chunk`` samples at a time
+    and summed, so memory stays bounded at wide students (the means are exact either way)."""
+    sums: dict[str, list] = {k: [0.0] * student.num_hidden for k in THEORY_KEYS}
+    for start in range(0, x.shape[0], chunk):
+        xc = x[start:start + chunk]
+        for layer, terms in backprop_terms(student, teacher, xc):
+            for key, value in terms.items():
+                sums[key][layer] = sums[key][layer] + value.expand(-1, xc.shape[0], -1, -1).sum(1)
+    return {key: [v / x.shape[0] for v in per_layer] for key, per_layer in sums.items()}
 
 
 def diag_ratio(m: Tensor, students: Tensor) -> Tensor:
