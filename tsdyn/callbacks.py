@@ -2,10 +2,9 @@
 module's recorder. Every measurement reuses the module's evaluation snapshot of that moment."""
 from __future__ import annotations
 
-import sys
-
 import copy
 import re
+import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np

@@ -6,15 +6,15 @@ import logging
 import os
 import signal
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
