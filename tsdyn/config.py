@@ -11,7 +11,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tsdyn.images import IMAGE_SETS, require_files
 from tsdyn.module import LOSSES
-from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, read_teacher_file
+from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, ROW_NORMS, read_teacher_file
 
 
 class ConfigError(ValueError):
@@ -92,6 +92,8 @@ RULES: dict[str, Rule] = {
     "optimizer.lr": POSITIVE,
     "optimizer.momentum": NON_NEGATIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.renormalize": (lambda v: v is None or v in ROW_NORMS, f"null or one of {list(ROW_NORMS)}"),
+    "teacher.output_relu": BOOL,
     "loss": one_of(LOSSES),
     "epochs": POSITIVE_INT,
     "steps_per_call": POSITIVE_INT,

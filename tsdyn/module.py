@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from tsdyn.data import GaussianData
 from tsdyn.metrics.matching import as_samples, correlation
-from tsdyn.nets import ReLUNet, predict
+from tsdyn.nets import ReLUNet, predict, renormalize_
 from tsdyn.recorder import Recorder
 
 LOSSES = ("mse", "cross_entropy")
@@ -98,13 +98,14 @@ class TeacherStudent(pl.LightningModule):
     def __init__(self, teacher: ReLUNet, student: ReLUNet, data: GaussianData,
                  optimizer: Callable[..., torch.optim.Optimizer], lr_schedule: Mapping[int, float] | None = None,
                  loss: str = "mse", steps_per_call: int = 32, log_every_n_steps: int = 100,
-                 recorder: Recorder | None = None):
+                 recorder: Recorder | None = None, renormalize: str | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.teacher, self.student, self.data = teacher, student, data
         self.optimizer_factory, self.lr_schedule = optimizer, dict(lr_schedule or {})
         self.loss_kind, self.steps_per_call, self.log_every = loss, int(steps_per_call), int(log_every_n_steps)
         self.recorder = recorder or Recorder(None)
+        self.renormalize = renormalize  # None, or normalize_rows' ``by``: projected SGD
         self.stop_signal: int | None = None  # set by a signal handler (tsdyn.resume.StopOnSignal)
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end (checkpointed)
         self._resumed: dict | None = None  # this module's part of the checkpoint resumed from
@@ -165,6 +166,8 @@ class TeacherStudent(pl.LightningModule):
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
+                if self.renormalize:
+                    renormalize_(self.student, self.renormalize)
                 loss_sum += losses.detach()
                 step = step0 + i - first + 1
                 if step % self.log_every == 0:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 BN_PLACEMENTS = ("none", "after_relu", "before_relu")
 INIT_MODES = ("default", "perturb", "same_dir", "same_sign")
+ROW_NORMS = ("weight", "fan_in")
 DEFAULT_WEIGHT_CHOICES = (-0.5, -0.25, 0.0, 0.25, 0.5)
 
 
@@ -135,21 +136,25 @@ class EnsembleNet(nn.Module):
 
 
 class ReLUNet(EnsembleNet):
-    """Fully connected ReLU net: ``Linear -> ReLU`` per hidden layer, then a linear output.
+    """Fully connected ReLU net: ``Linear -> ReLU`` per hidden layer, then a linear output (a ReLU
+    on it too with ``output_relu``, as in the authors' matrix-form theorem check).
 
     ``weights[l]``: ``[E, out_l, in_l]``, ``biases[l]``: ``[E, out_l]``; the last entry is the
     output layer. ``bn`` places an optional BatchNorm after (authors' default) or before the ReLU.
     """
 
     def __init__(self, d: int, ks: Sequence[int], d_out: int, num_members: int = 1,
-                 bn: str = "none", bn_affine: bool = True):
+                 bn: str = "none", bn_affine: bool = True, output_relu: bool = False):
         super().__init__()
         self.d, self.ks, self.d_out = int(d), [int(k) for k in ks], int(d_out)
-        self.num_members = int(num_members)
+        self.num_members, self.output_relu = int(num_members), bool(output_relu)
         sizes = [self.d, *self.ks, self.d_out]
         self._build(list(zip(sizes[1:], sizes[:-1])), bn, bn_affine)
 
     KIND = "fc"
+
+    def arch(self) -> dict:
+        return {**super().arch(), "output_relu": self.output_relu}
 
     @property
     def hidden_units(self) -> int:
@@ -167,6 +172,7 @@ class ReLUNet(EnsembleNet):
         for layer, (w, b) in enumerate(self._layers):
             z = F.linear(h, w.squeeze(0), b.squeeze(0)) if single else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if layer == len(self.ks):
+                z = torch.relu(z) if self.output_relu else z
                 break
             if self.bn_placement == "before_relu":
                 z = self._bn(layer, z, single)
@@ -244,6 +250,34 @@ class ConvReLUNet(EnsembleNet):
 
 
 NETS = {net.KIND: net for net in (ReLUNet, ConvReLUNet)}
+
+
+def normalize_rows(w: Tensor, b: Tensor, by: str, eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Each row (an output node's incoming weights, ``w``: ``[..., out, *in]``) and its bias
+    (``b``: ``[..., out]``) divided by the same norm + ``eps``:
+
+    - ``by="weight"``: the norm of the weight row alone (the authors' ``normalize_layer``: the
+      main script's teacher and its ``--normalize`` student projection);
+    - ``by="fan_in"``: the norm of the weights and the bias together (the matrix-form theorem
+      script, whose columns carry the bias as one more entry).
+    Returns new tensors; ``w`` and ``b`` are not changed."""
+    sq = w.flatten(b.dim()).pow(2).sum(-1)
+    if by == "fan_in":
+        sq = sq + b.pow(2)
+    elif by != "weight":
+        raise ValueError(f"normalize by={by!r}: allowed {ROW_NORMS}")
+    norm = sq.sqrt() + eps
+    return w / norm.view(*norm.shape, *(1,) * (w.dim() - b.dim())), b / norm
+
+
+@torch.no_grad()
+def renormalize_(net: EnsembleNet, by: str) -> None:
+    """Projected SGD's projection, in place: every layer's rows (the output layer's too) rescaled
+    to unit norm by :func:`normalize_rows` (``by``: ``weight`` or ``fan_in``)."""
+    for w, b in zip(net.weights, net.biases):
+        nw, nb = normalize_rows(w, b, by)
+        w.copy_(nw)
+        b.copy_(nb)
 
 
 # --------------------------------------------------------------------------- teacher init
@@ -324,7 +358,7 @@ def calibrate_bn_(net: EnsembleNet, x: Tensor) -> None:
 def make_teacher(d: int, ks: Sequence[int], d_out: int, seed: int,
                  weight_choices: Sequence[float] = DEFAULT_WEIGHT_CHOICES,
                  strength_decay: float = 0.0, bias_tune: float | None = None,
-                 bn: str = "none", bn_affine: bool = True,
+                 bn: str = "none", bn_affine: bool = True, output_relu: bool = False,
                  input_sampler: Callable[[int, torch.Generator], Tensor] | None = None,
                  n_calibration: int = 10000) -> ReLUNet:
     """Build the frozen, randomly initialised deep teacher (one member, eval mode).
@@ -332,7 +366,7 @@ def make_teacher(d: int, ks: Sequence[int], d_out: int, seed: int,
     ``input_sampler(n, generator) -> [n, d]`` draws inputs from the data distribution; it is
     needed for bias tuning and for BatchNorm statistics.
     """
-    return _init_teacher(ReLUNet(d, ks, d_out, 1, bn, bn_affine), seed, weight_choices, strength_decay,
+    return _init_teacher(ReLUNet(d, ks, d_out, 1, bn, bn_affine, output_relu), seed, weight_choices, strength_decay,
                          bias_tune, input_sampler, n_calibration)
 
 

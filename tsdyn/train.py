@@ -55,7 +55,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     student = instantiate(cfg.student)(teacher)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     lr_schedule = opt_cfg.pop("lr_schedule", None) or {}
-    module = TeacherStudent(teacher, student, data, instantiate(opt_cfg), lr_schedule,
+    renormalize = opt_cfg.pop("renormalize", None)
+    module = TeacherStudent(teacher, student, data, instantiate(opt_cfg), lr_schedule, renormalize=renormalize,
                             loss=cfg.loss, steps_per_call=cfg.steps_per_call,
                             log_every_n_steps=cfg.log_every_n_steps, recorder=Recorder(run_dir))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+
+from tsdyn.nets import ReLUNet, normalize_rows, renormalize_
+
+
+def test_normalize_rows_by_weight_and_by_fan_in_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, generator=g)
+    wn, bn = normalize_rows(w, b, "weight")
+    norm = np.linalg.norm(w.numpy(), axis=-1)
+    np.testing.assert_allclose(wn.numpy(), w.numpy() / norm[..., None], rtol=1e-6)
+    np.testing.assert_allclose(bn.numpy(), b.numpy() / norm, rtol=1e-6)
+    wf, bf = normalize_rows(w, b, "fan_in")
+    full = np.concatenate([w.numpy(), b.numpy()[..., None]], axis=-1)
+    np.testing.assert_allclose(np.linalg.norm(np.concatenate([wf, bf[..., None]], -1), axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(wf.numpy(), w.numpy() / np.linalg.norm(full, axis=-1)[..., None], rtol=1e-6)
+    with pytest.raises(ValueError, match="by='rows'"):
+        normalize_rows(w, b, "rows")
+
+
+def test_renormalize_every_layer_and_output_relu():
+    net = ReLUNet(4, [6, 5], 3, num_members=2, output_relu=True)
+    renormalize_(net, "weight")
+    for w in net.weights:
+        np.testing.assert_allclose(w.detach().norm(dim=-1).numpy(), 1.0, rtol=1e-5)
+    out, _ = net(torch.randn(7, 4))
+    assert (out >= 0).all() and (out == 0).any()
+    assert net.like().output_relu  # students copy the teacher's output ReLU
