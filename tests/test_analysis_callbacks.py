@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from tests.conftest import compose_cfg
 from tsdyn.callbacks import per_layer
 from tsdyn.config import ConfigError, validate
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
 
 LAYERS = range(4)
@@ -104,7 +104,7 @@ def test_luck_in_analysis_json_redrawn_from_the_arrays(fc_run):
     """The luck table recomputed with numpy from the saved correlation matrices."""
     cfg, run_dir = fc_run
     analysis = json.loads((run_dir / "analysis.json").read_text())
-    assert set(analysis) == {"luck", "fanout", "drift", "theory", "pruning"}
+    assert set(analysis) == {"match", "luck", "fanout", "drift", "theory", "sparsity", "pruning"}
     luck = analysis["luck"]
     assert luck["baseline_epochs"] == [0, 1, 2] and luck["final_epoch"] == 3
     final = load(run_dir, "match", 3)

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import CONF, ROOT, compose_cfg
 from tsdyn.config import ConfigError, validate
-from tsdyn.train import build
+from tsdyn.build import build
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF).iterdir() if g.is_dir()}
 # options that need image files or a teacher file: composed and built in tests/test_images.py

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
 
 

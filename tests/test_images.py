@@ -14,7 +14,7 @@ from tests.image_files import write_cifar10, write_mnist
 from tsdyn.config import ConfigError, validate
 from tsdyn.images import ImageData, augment, require_files
 from tsdyn.nets import ConvReLUNet, save_teacher
-from tsdyn.train import build
+from tsdyn.build import build
 
 RNG = np.random.default_rng(0)
 

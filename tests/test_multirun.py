@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.multiruns import multirun
-from tsdyn.recorder import read_metrics
-from tsdyn.runs import find_runs
+from tsdyn.runfolder.reader import read_metrics
+from tsdyn.runfolder.reader import find_runs
 
 
 def summary(folder: Path) -> dict:

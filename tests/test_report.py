@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.multiruns import multirun
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.report import FIGURES, band, main, top_sorted, write_report
 
 KT = [3, 4]          # teacher hidden widths of the synthetic runs (layer 0 lowest)

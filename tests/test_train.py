@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
 
 

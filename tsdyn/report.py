@@ -20,7 +20,6 @@ table when the runs lack its data:
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from tsdyn import keys
 from tsdyn.plots import grid
-from tsdyn.runs import RunFolder, find_runs, newest_multirun
+from tsdyn.runfolder.reader import RunFolder, find_runs, newest_multirun
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
 BAND_NOTE = "line: mean, band: min-max over seeds and students"
@@ -44,10 +44,6 @@ PANEL = 3.2         # inches per panel
 MIN_WIDTH = 8.0     # inches
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7}
-ANALYSIS_KEYS = re.compile(  # end-of-run values listed in the analysis table (the figures hold the rest)
-    r"match/layer\d+/hungarian_mean|fanout/layer\d+/(matched_median|unmatched_median|unmatched_below_1pct)"
-    r"|bn/(student|teacher)/layer\d+/frac_nonpositive|drift/layer\d+/(abs|rel)_mean|theory/layer\d+/.+"
-    r"|luck/layer\d+/(top_pct_(mean|median)/epoch[01]|spearman_init_vs_converge)|prune/.+")
 
 
 # --------------------------------------------------------------------------- grouping and aggregation
@@ -67,11 +63,11 @@ class Group:
 
 def group_runs(runs: list[RunFolder]) -> list[Group]:
     """Groups in order of first appearance, labelled with the non-seed keys whose values differ."""
-    keys = [dict(r.group_key()) for r in runs]
-    names = sorted({k for key in keys for k in key})
-    varying = [k for k in names if len({key.get(k) for key in keys}) > 1]
+    settings = [dict(r.group_key()) for r in runs]
+    names = sorted({k for key in settings for k in key})
+    varying = [k for k in names if len({key.get(k) for key in settings}) > 1]
     by_key: dict[tuple, list[RunFolder]] = {}
-    for run, key in zip(runs, keys):
+    for run, key in zip(runs, settings):
         by_key.setdefault(tuple(key.get(k) for k in varying), []).append(run)
     n = len(by_key)
     cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
@@ -107,10 +103,9 @@ def series_band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(epochs), np.array([band(per_epoch[e])[:3] for e in epochs]).reshape(-1, 3)
 
 
-def layers_of(runs: Iterable[RunFolder], pattern: str) -> list[int]:
-    """Hidden layers ``l`` for which some run has a final key matching ``pattern`` with ``{l}``."""
-    regex = re.compile(pattern.replace("{l}", r"(\d+)"))
-    return sorted({int(m.group(1)) for r in runs for k in r.keys() if (m := regex.fullmatch(k))})
+def layers_of(runs: Iterable[RunFolder], section: str, name: str) -> list[int]:
+    """Hidden layers ``l`` for which some run has the final key ``<section>/layer<l>/<name>``."""
+    return keys.layers({k for r in runs for k in r.keys()}, section, name)
 
 
 def layer_title(layer: int) -> str:
@@ -144,13 +139,13 @@ def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) 
 
 def fig_curves(groups: list[Group]):
     runs = [r for g in groups for r in g.completed]
-    layers = layers_of(runs, "match/layer{l}/mean_best")
+    layers = layers_of(runs, "match", "mean_best")
     if not layers:
         return None, "no match/layer<l>/mean_best values in the completed runs"
     fig, axes = panels(len(layers) + 1, max_cols=5)
     for ax, layer in zip(axes, layers):
         for g in groups:
-            epochs, stats = series_band(g, f"match/layer{layer}/mean_best")
+            epochs, stats = series_band(g, keys.layer_key("match", layer, "mean_best"))
             if len(epochs):
                 plot_band(ax, epochs, stats, g.color)
         ax.set(title=layer_title(layer), xlabel="epoch (0 = init)", ylabel="mean best correlation")
@@ -167,16 +162,15 @@ def fig_curves(groups: list[Group]):
 
 def fig_luck(groups: list[Group]):
     runs = [r for g in groups for r in g.completed]
-    layers = layers_of(runs, "luck/layer{l}/top_pct_mean/epoch0")
+    layers = layers_of(runs, "luck", keys.luck_rank("mean", 0))
     if not layers:
         return None, "no luck/layer<l>/top_pct_mean/epoch<b> values (the luck callback was off)"
-    baselines = sorted({int(m.group(1)) for r in runs for k in r.keys()
-                        if (m := re.fullmatch(r"luck/layer\d+/top_pct_mean/epoch(\d+)", k))})
+    baselines = keys.luck_baselines({k for r in runs for k in r.keys()})
     fig, axes = panels(len(layers))
     for ax, layer in zip(axes, layers):
         for g in groups:
             for stat, style in (("mean", "-"), ("median", "--")):
-                stats = np.array([final_band(g, f"luck/layer{layer}/top_pct_{stat}/epoch{b}")[:3] for b in baselines])
+                stats = np.array([final_band(g, keys.layer_key("luck", layer, keys.luck_rank(stat, b)))[:3] for b in baselines])
                 ok = np.isfinite(stats[:, 0])
                 if ok.any():
                     plot_band(ax, np.array(baselines)[ok], stats[ok], g.color, style)
@@ -191,7 +185,7 @@ def fig_luck(groups: list[Group]):
 def fig_width(groups: list[Group]):
     runs = [r for g in groups for r in g.completed]
     widths = sorted({r.config_value("student.width_mult") for r in runs} - {None})
-    layers = layers_of(runs, "match/layer{l}/mean_best")
+    layers = layers_of(runs, "match", "mean_best")
     if len(widths) < 2 or not layers:
         return None, "fewer than two student.width_mult values among the completed runs"
     series: dict[tuple, list[Group]] = {}   # groups that differ only in width_mult share a line
@@ -205,14 +199,14 @@ def fig_width(groups: list[Group]):
             points = sorted(((r.config_value("student.width_mult"), g) for g in members for r in g.completed[:1]),
                             key=lambda p: p[0])
             xs = np.array([w for w, _ in points])
-            stats = np.array([final_band(g, f"match/layer{layer}/mean_best")[:3] for _, g in points]).reshape(-1, 3)
+            stats = np.array([final_band(g, keys.layer_key("match", layer, "mean_best"))[:3] for _, g in points]).reshape(-1, 3)
             if len(xs):
                 plot_band(ax, xs, stats, first.color)
         ax.set(title=layer_title(layer), xlabel="width_mult", ylabel="final mean best correlation", xscale="log")
         ax.set_xticks(widths, [str(w) for w in widths])
     fig.suptitle(f"Over-parameterisation: final matching vs student width ({LAYER_NOTE}; {BAND_NOTE})", fontsize=9)
-    legend_groups = [Group(re.sub(r"(, )?student\.width_mult=[^,]*", "", first.label).strip(", ") or "all runs",
-                           [], first.color) for first, _ in lines]
+    legend_groups = [Group(", ".join(p for p in first.label.split(", ") if not p.startswith("student.width_mult="))
+                           or "all runs", [], first.color) for first, _ in lines]
     legend(fig, legend_groups)
     return fig, None
 
@@ -222,44 +216,44 @@ def last_arrays(run: RunFolder, name: str) -> dict[str, np.ndarray]:
     return run.arrays(name, run.array_epochs(name)[-1])
 
 
-def _layers_in(arrays: dict[str, np.ndarray], prefix: str) -> list[int]:
-    return sorted(int(m.group(1)) for k in arrays if (m := re.fullmatch(rf"{prefix}(\d+)", k)))
+def _layers_in(arrays: dict[str, np.ndarray], name: str) -> list[int]:
+    return keys.array_layers(arrays, name)
 
 
-def array_runs(groups: list[Group], name: str, prefix: str) -> tuple[list[tuple[Group, RunFolder]], list[int]]:
+def array_runs(groups: list[Group], name: str, array: str) -> tuple[list[tuple[Group, RunFolder]], list[int]]:
     """(group, run) for each completed run whose last ``arrays/<name>_epochNNN.npz`` holds
-    ``<prefix><l>`` arrays, and the union of those layers ``l``."""
+    ``<array>_layer<l>`` arrays, and the union of those layers ``l``."""
     pairs, layers = [], set()
     for g in groups:
         for r in g.completed:
-            found = _layers_in(last_arrays(r, name), prefix) if r.array_epochs(name) else []
+            found = _layers_in(last_arrays(r, name), array) if r.array_epochs(name) else []
             if found:
                 pairs.append((g, r))
                 layers.update(found)
     return pairs, sorted(layers)
 
 
-def layer_panels(groups: list[Group], name: str, prefix: str):
-    """One panel per layer for the end-of-run ``<prefix><l>`` arrays of ``name``: (figure, [(axis,
+def layer_panels(groups: list[Group], name: str, array: str):
+    """One panel per layer for the end-of-run ``<array>_layer<l>`` arrays of ``name``: (figure, [(axis,
     layer, [(group, arrays) of each run holding that layer])], groups shown), or (None, [], [])."""
-    pairs, layers = array_runs(groups, name, prefix)
+    pairs, layers = array_runs(groups, name, array)
     if not pairs:
         return None, [], []
     fig, axes = panels(len(layers))
-    cells = [(ax, layer, [(g, last_arrays(r, name)) for g, r in pairs if f"{prefix}{layer}" in last_arrays(r, name)])
+    cells = [(ax, layer, [(g, last_arrays(r, name)) for g, r in pairs if keys.array_key(array, layer) in last_arrays(r, name)])
              for ax, layer in zip(axes, layers)]
     return fig, cells, [g for g in groups if any(g is gg for gg, _ in pairs)]
 
 
 def fig_fanout_nodes(groups: list[Group]):
-    pairs, _ = array_runs(groups, "fanout", "fanout_layer")
+    pairs, _ = array_runs(groups, "fanout", "fanout")
     if not pairs:
         return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
     shown = {}
     for g, r in pairs:            # one run per group: student 0 of its first completed run
         shown.setdefault(g.label, (g, r))
     chosen = [(g, r, layer) for g, r in shown.values()
-              for layer in _layers_in(last_arrays(r, "fanout"), "fanout_layer")]
+              for layer in _layers_in(last_arrays(r, "fanout"), "fanout")]
     note = f" (first {MAX_PANELS} panels)" if len(chosen) > MAX_PANELS else ""
     chosen = chosen[:MAX_PANELS]
     n_layers = len({layer for _, _, layer in chosen})
@@ -267,7 +261,7 @@ def fig_fanout_nodes(groups: list[Group]):
     for ax, (g, r, layer) in zip(axes, chosen):
         epochs = r.array_epochs("fanout")
         picks = sorted({epochs[round(i * (len(epochs) - 1) / 3)] for i in range(4)})
-        fans = [np.maximum(r.arrays("fanout", e)[f"fanout_layer{layer}"][0], 1e-12) for e in picks]
+        fans = [np.maximum(r.arrays("fanout", e)[keys.array_key("fanout", layer)][0], 1e-12) for e in picks]
         for j, (epoch, fan) in enumerate(zip(picks, fans)):
             ax.plot(np.arange(len(fan)), fan, ".-", ms=3, lw=0.6,
                     color=colormaps["viridis"](j / max(len(picks) - 1, 1)), label=f"epoch {epoch}")
@@ -285,13 +279,13 @@ def fig_fanout_nodes(groups: list[Group]):
 
 
 def fig_fanout_lshape(groups: list[Group]):
-    fig, cells, shown = layer_panels(groups, "fanout", "best_corr_layer")
+    fig, cells, shown = layer_panels(groups, "fanout", "best_corr")
     if fig is None:
         return None, "no best_corr_layer<l> in arrays/fanout_epochNNN.npz"
     for ax, layer, found in cells:
         for g, arrays in found:
-            ax.scatter(arrays[f"best_corr_layer{layer}"].ravel(),
-                       np.maximum(arrays[f"fanout_layer{layer}"].ravel(), 1e-12), s=5, alpha=0.5, color=g.color, lw=0)
+            ax.scatter(arrays[keys.array_key("best_corr", layer)].ravel(),
+                       np.maximum(arrays[keys.array_key("fanout", layer)].ravel(), 1e-12), s=5, alpha=0.5, color=g.color, lw=0)
         ax.set(title=layer_title(layer), xlabel="best correlation with any teacher node", ylabel="fan-out norm",
                yscale="log", xlim=(-0.2, 1.02))
     fig.suptitle(f"L-shape at the end of training: every student node of every run ({LAYER_NOTE})", fontsize=9)
@@ -300,15 +294,15 @@ def fig_fanout_lshape(groups: list[Group]):
 
 
 def fig_bn_bias(groups: list[Group]):
-    fig, cells, shown = layer_panels(groups, "bn", "student_bias_layer")
+    fig, cells, shown = layer_panels(groups, "bn", "student_bias")
     if fig is None:
         return None, "no arrays/bn_epochNNN.npz files (no student with BatchNorm, or the BN callback was off)"
     for ax, layer, found in cells:
         pooled: dict[str, tuple[Group, list[np.ndarray]]] = {}
         teacher = None
         for g, arrays in found:
-            pooled.setdefault(g.label, (g, []))[1].append(arrays[f"student_bias_layer{layer}"].ravel())
-            teacher = arrays.get(f"teacher_bias_layer{layer}", teacher)
+            pooled.setdefault(g.label, (g, []))[1].append(arrays[keys.array_key("student_bias", layer)].ravel())
+            teacher = arrays.get(keys.array_key("teacher_bias", layer), teacher)
         for g, chunks in pooled.values():
             bias = np.concatenate(chunks)
             ax.hist(bias, bins=30, histtype="step", lw=1.4, color=g.color,
@@ -334,7 +328,7 @@ def top_sorted(corr: np.ndarray, k: int = TOP_K) -> np.ndarray:
 
 
 def fig_sorted_corr(groups: list[Group]):
-    pairs, layers = array_runs(groups, "match", "corr_layer")
+    pairs, layers = array_runs(groups, "match", "corr")
     if not pairs:
         return None, "no corr_layer<l> in arrays/match_epochNNN.npz (the full correlation matrices)"
     fig, axes = panels(len(layers))
@@ -342,7 +336,7 @@ def fig_sorted_corr(groups: list[Group]):
         for g in groups:
             for which, style in ((0, "--"), (-1, "-")):
                 found = [r.arrays("match", r.array_epochs("match")[which]) for gg, r in pairs if gg is g]
-                curves = [top_sorted(a[f"corr_layer{layer}"]) for a in found if f"corr_layer{layer}" in a]
+                curves = [top_sorted(a[keys.array_key("corr", layer)]) for a in found if keys.array_key("corr", layer) in a]
                 curves = [c for c in curves if len(c)]
                 if not curves:
                     continue
@@ -384,10 +378,6 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def natural(key: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
-
-
 def teacher_block_wins(run: RunFolder) -> dict[int, np.ndarray]:
     """Per layer, per student: the share of live teacher nodes j whose final best student is student
     node j, the one that started at teacher node j (student.init perturb / same_dir / same_sign)."""
@@ -396,8 +386,8 @@ def teacher_block_wins(run: RunFolder) -> dict[int, np.ndarray]:
         return {}
     arrays = last_arrays(run, "match")
     out = {}
-    for layer in _layers_in(arrays, "best_student_layer"):
-        idx = arrays[f"best_student_layer{layer}"]                       # [E, K_t], -1 = dead
+    for layer in _layers_in(arrays, "best_student"):
+        idx = arrays[keys.array_key("best_student", layer)]                      # [E, K_t], -1 = dead
         live = idx >= 0
         hits = (idx == np.arange(idx.shape[-1])) & live
         out[layer] = hits.sum(-1) / np.maximum(live.sum(-1), 1)
@@ -410,7 +400,7 @@ def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     done = [r for g in groups for r in g.completed]
-    layers = layers_of(done, "match/layer{l}/mean_best")
+    layers = layers_of(done, "match", "mean_best")
     lines = [f"# tsdyn report: {folder}", "",
              f"{len(runs)} runs in {len(groups)} groups (runs that differ only in seed keys form one group); "
              f"status: {', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}.",
@@ -424,13 +414,13 @@ def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped
         epochs = sorted({r.summary.get("epochs") for r in g.completed} - {None})
         rows.append([g.label, f"{len(g.completed)}/{len(g.runs)}", str(sum(r.num_students for r in g.completed)),
                      ",".join(map(str, epochs)) or "-", cell(final_band(g, "loss/eval")),
-                     *[cell(final_band(g, f"match/layer{layer}/mean_best")) for layer in layers]])
+                     *[cell(final_band(g, keys.layer_key("match", layer, "mean_best"))) for layer in layers]])
     lines += table(header, rows)
 
-    keys = sorted({k for r in done for k in r.keys() if ANALYSIS_KEYS.fullmatch(k)}, key=natural)
-    if keys:
+    shown = sorted({k for r in done for k in r.report_keys()}, key=keys.sort_key)
+    if shown:
         lines += ["", "## Analyses (end of training)", ""]
-        rows = [[k, *[cell(final_band(g, k)) for g in groups]] for k in keys]
+        rows = [[k, *[cell(final_band(g, k)) for g in groups]] for k in shown]
         lines += table(["key", *[g.label for g in groups]], [r for r in rows if set(r[1:]) != {"n/a"}])
 
     perturbed = [g for g in groups
