@@ -59,5 +59,5 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     if run_dir is not None:
         callbacks.append(CheckpointOnInterrupt(run_dir))
     loggers = [] if trainer_kwargs.get("fast_dev_run") else start_loggers(cfg, run_dir)
-    trainer = instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return module, trainer

@@ -3,30 +3,15 @@ full key, the value given and what is allowed."""
 from __future__ import annotations
 
 import numbers
-import sys
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tsdyn.errors import ConfigError, exit_on_config_error, fail  # noqa: F401 - re-exported
 from tsdyn.images import IMAGE_SETS, require_files
 from tsdyn.module import CLIP_ALGORITHMS, LOSSES
 from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, ROW_NORMS, read_teacher_file
-
-
-class ConfigError(ValueError):
-    """A bad config value; ``str(err)`` is the one-line message for the user."""
-
-
-@contextmanager
-def exit_on_config_error() -> Iterator[None]:
-    """A :class:`ConfigError` inside ends the command: its one line on stderr, exit status 2."""
-    try:
-        yield
-    except ConfigError as err:
-        print(f"tsdyn: config error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _is_int(v: Any) -> bool:
@@ -156,10 +141,6 @@ def check_trainer(cfg: DictConfig) -> None:
         elif name not in TRAINER_HONOURED:
             fail(key, _plain(cfg, key), f"a Trainer option tsdyn's loop honours: "
                  f"{', '.join(TRAINER_HONOURED[1:])} (or {', '.join(k[8:] for k in TRAINER_REFUSED)} at one value)")
-
-
-def fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
 def _plain(cfg: DictConfig, key: str) -> Any:

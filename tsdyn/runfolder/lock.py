@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from tsdyn.config import fail
+from tsdyn.errors import fail
 from tsdyn.runfolder.paths import LOCK
 
 

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from tsdyn.config import fail
+from tsdyn.errors import fail
 from tsdyn.runfolder.paths import HYDRA, METRICS, SUMMARY
 
 UNFINISHED = (None, "interrupted", "failed")  # summary statuses a run can be resumed from (None: no summary)
