@@ -7,6 +7,8 @@ import torch
 from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
 
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
+
 
 def final_state(run_dir):
     return torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["state_dict"]

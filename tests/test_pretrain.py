@@ -23,6 +23,8 @@ from tsdyn.runfolder.reader import read_metrics
 from tsdyn.build import build_teacher
 from tsdyn.train import run
 
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
+
 SMALL_TEACHER = ["teacher=conv", "teacher.ks=[4,6]", "data.n_train=800", "data.n_eval=40", "data.crop_padding=1",
                  "data.hflip=false", "optimizer.lr=0.05"]
 

@@ -25,6 +25,8 @@ from tsdyn.runfolder.paths import last_checkpoint
 from tsdyn.runfolder.state import check_resumable, continue_in
 from tsdyn.train import run
 
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
        "WANDB_SILENT": "true"}
 

@@ -13,7 +13,7 @@ import torch
 from tsdyn.config import ConfigError
 from tsdyn.runfolder import paths
 from tsdyn.runfolder.lock import RunLock
-from tsdyn.runfolder.reader import RunFolder, find_runs, read_metrics
+from tsdyn.runfolder.reader import find_runs, read_metrics
 from tsdyn.runfolder.state import check_resumable, continue_in, status
 from tsdyn.runfolder.writer import Recorder, member_scalars
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, wandb_offline_log
 from tsdyn.build import build
 from tsdyn.config import ConfigError, validate
 from tsdyn.module import clip_grad_per_member_
@@ -81,6 +81,7 @@ def test_fast_dev_run_one_step_no_loggers_no_checkpoint(small_cfg):
     assert [r["epoch"] for r in read_metrics(run_dir) if "match/layer0/mean_best" in r] == [0, 1]
 
 
+@pytest.mark.slow
 def test_max_time_ends_a_long_run(small_cfg):
     start = time.perf_counter()
     _, trainer, _ = fit(small_cfg, "epochs=100000", "+trainer.max_time={seconds:1}")
@@ -153,11 +154,11 @@ def test_tensorboard_logger_by_config_alone_gets_epoch(small_cfg):
     assert b"match/layer0/mean_best" in data and b"loss/train" in data and b"epoch" in data
 
 
+@pytest.mark.slow
 def test_wandb_plots_per_epoch_keys_against_the_epoch(small_cfg):
     cfg = small_cfg("logger=wandb", "epochs=1")
     run(cfg, cfg.run_dir)
-    (log,) = (Path(cfg.run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
-    data = log.read_bytes()
+    data = wandb_offline_log(cfg.run_dir)
     # a MetricRecord: name (field 1) then step_metric (field 4) "epoch"
     assert b'\n\x16match/layer0/mean_best"\x05epoch' in data
     assert b'loss/train"\x05epoch' not in data

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from tsdyn.build import build
 from tsdyn.config import exit_on_config_error, validate
 from tsdyn.console import print_match_table
-from tsdyn.module import Diverged, Interrupted, TeacherStudent
+from tsdyn.module import Diverged, Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
 from tsdyn.resume import StopOnSignal, resumed_config
 from tsdyn.runfolder.lock import RunLock

@@ -1,41 +1,20 @@
-"""``python -m tsdyn.report [run or multirun folder]``: the paper's figures and a summary table from
-run folders alone (no W&B), written to ``<folder>/report/``.
-
-Runs are grouped by their overridden keys, seed keys left out (runs that differ only in seeds are
-trials of one setting). Every value is aggregated over the completed runs of a group *and* over the
-students inside each run (``student.num_students``; per-student keys ``<key>/s<i>``): the mean, and
-a min-max band. Runs that diverged or failed are listed, never averaged in. Layer 0 is the lowest
-hidden layer in every figure and table. Figures (PNG and PDF), each skipped with a note in the
-table when the runs lack its data:
-
-1. ``curves``: mean best correlation per layer and eval loss vs epoch;
-2. ``luck``: mean / median top-% rank of the final winner per layer vs baseline epoch;
-3. ``width``: final mean best correlation per layer vs width_mult;
-4. ``fanout_nodes``: fan-out norm vs student node index at several epochs, and ``fanout_lshape``:
-   best correlation vs fan-out norm at the end (the L-shape);
-5. ``bn_bias``: BatchNorm bias histograms per layer, share <= 0 in the legend;
-6. ``sorted_corr``: each teacher node's top-20 student correlations, sorted, at initialisation and
-   at the end.
-"""
+"""The report's figures: each ``fig_<name>(groups)`` returns (Figure, None), or (None, the reason
+it was skipped) when the runs lack its data."""
 from __future__ import annotations
 
-import argparse
-import sys
 import textwrap
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
-from matplotlib import colormaps, rc_context
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tsdyn import keys
 from tsdyn.plots import grid
-from tsdyn.runfolder.reader import RunFolder, find_runs, newest_multirun
+from tsdyn.report.aggregate import LAYER_NOTE, Group, final_band, last_arrays, layers_of, series_band
+from tsdyn.runfolder.reader import RunFolder
 
-LAYER_NOTE = "layer 0 = lowest hidden layer"
 BAND_NOTE = "line: mean, band: min-max over seeds and students"
 TOP_K = 20          # sorted-correlation curves: the best TOP_K students per teacher node
 MAX_PANELS = 24     # per-run figures (fan-out vs node index) show at most this many panels
@@ -44,68 +23,6 @@ PANEL = 3.2         # inches per panel
 MIN_WIDTH = 8.0     # inches
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7}
-
-
-# --------------------------------------------------------------------------- grouping and aggregation
-
-@dataclass
-class Group:
-    """Runs that differ only in seed keys; ``label`` names the keys that differ between groups."""
-
-    label: str
-    runs: list[RunFolder]
-    color: tuple
-
-    @property
-    def completed(self) -> list[RunFolder]:
-        return [r for r in self.runs if r.status == "completed"]
-
-
-def group_runs(runs: list[RunFolder]) -> list[Group]:
-    """Groups in order of first appearance, labelled with the non-seed keys whose values differ."""
-    settings = [dict(r.group_key()) for r in runs]
-    names = sorted({k for key in settings for k in key})
-    varying = [k for k in names if len({key.get(k) for key in settings}) > 1]
-    by_key: dict[tuple, list[RunFolder]] = {}
-    for run, key in zip(runs, settings):
-        by_key.setdefault(tuple(key.get(k) for k in varying), []).append(run)
-    n = len(by_key)
-    cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
-    groups = []
-    for i, (values, members) in enumerate(by_key.items()):
-        label = ", ".join(f"{k}={v}" for k, v in zip(varying, values) if v is not None) or "all runs"
-        groups.append(Group(label, members, cmap(i if n <= 10 else i / max(n - 1, 1))))
-    return groups
-
-
-def band(samples: Iterable[np.ndarray]) -> tuple[float, float, float, int]:
-    """(mean, min, max, count) of the finite values of all ``samples`` (NaN, NaN, NaN, 0 if none)."""
-    values = np.concatenate([np.ravel(s) for s in samples] or [np.array([])]).astype(float)
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return float("nan"), float("nan"), float("nan"), 0
-    return float(values.mean()), float(values.min()), float(values.max()), int(values.size)
-
-
-def final_band(group: Group, key: str) -> tuple[float, float, float, int]:
-    """Final value of ``key`` over the group's completed runs and their students."""
-    return band(v for r in group.completed if (v := r.final(key)) is not None)
-
-
-def series_band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``key`` per epoch over the group's completed runs and students: (epochs ``[T]``,
-    ``[T, 3]`` mean / min / max)."""
-    per_epoch: dict[int, list[np.ndarray]] = {}
-    for run in group.completed:
-        for epoch, values in run.series(key).items():
-            per_epoch.setdefault(epoch, []).append(values)
-    epochs = sorted(per_epoch)
-    return np.array(epochs), np.array([band(per_epoch[e])[:3] for e in epochs]).reshape(-1, 3)
-
-
-def layers_of(runs: Iterable[RunFolder], section: str, name: str) -> list[int]:
-    """Hidden layers ``l`` for which some run has the final key ``<section>/layer<l>/<name>``."""
-    return keys.layers({k for r in runs for k in r.keys()}, section, name)
 
 
 def layer_title(layer: int) -> str:
@@ -134,7 +51,6 @@ def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) 
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), frameon=False)
 
 
-# --------------------------------------------------------------------------- figures
 # Each returns (Figure, None) or (None, the reason it was skipped).
 
 def fig_curves(groups: list[Group]):
@@ -211,22 +127,13 @@ def fig_width(groups: list[Group]):
     return fig, None
 
 
-def last_arrays(run: RunFolder, name: str) -> dict[str, np.ndarray]:
-    """The run's arrays of ``name`` at its last saved epoch."""
-    return run.arrays(name, run.array_epochs(name)[-1])
-
-
-def _layers_in(arrays: dict[str, np.ndarray], name: str) -> list[int]:
-    return keys.array_layers(arrays, name)
-
-
 def array_runs(groups: list[Group], name: str, array: str) -> tuple[list[tuple[Group, RunFolder]], list[int]]:
     """(group, run) for each completed run whose last ``arrays/<name>_epochNNN.npz`` holds
     ``<array>_layer<l>`` arrays, and the union of those layers ``l``."""
     pairs, layers = [], set()
     for g in groups:
         for r in g.completed:
-            found = _layers_in(last_arrays(r, name), array) if r.array_epochs(name) else []
+            found = keys.array_layers(last_arrays(r, name), array) if r.array_epochs(name) else []
             if found:
                 pairs.append((g, r))
                 layers.update(found)
@@ -253,7 +160,7 @@ def fig_fanout_nodes(groups: list[Group]):
     for g, r in pairs:            # one run per group: student 0 of its first completed run
         shown.setdefault(g.label, (g, r))
     chosen = [(g, r, layer) for g, r in shown.values()
-              for layer in _layers_in(last_arrays(r, "fanout"), "fanout")]
+              for layer in keys.array_layers(last_arrays(r, "fanout"), "fanout")]
     note = f" (first {MAX_PANELS} panels)" if len(chosen) > MAX_PANELS else ""
     chosen = chosen[:MAX_PANELS]
     n_layers = len({layer for _, _, layer in chosen})
@@ -361,142 +268,3 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "bn_bias": ("BatchNorm bias histograms with the share <= 0", fig_bn_bias),
     "sorted_corr": ("sorted top-20 correlations per teacher node, init vs end", fig_sorted_corr),
 }
-
-
-# --------------------------------------------------------------------------- tables
-
-def fmt(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else (f"{x:.4g}" if x != 0 and (abs(x) < 0.01 or abs(x) >= 1000) else f"{x:.4f}")
-
-
-def cell(stats: tuple[float, float, float, int]) -> str:
-    mean, lo, hi, n = stats
-    return "n/a" if n == 0 else (fmt(mean) if n == 1 else f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]")
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def teacher_block_wins(run: RunFolder) -> dict[int, np.ndarray]:
-    """Per layer, per student: the share of live teacher nodes j whose final best student is student
-    node j, the one that started at teacher node j (student.init perturb / same_dir / same_sign)."""
-    epochs = run.array_epochs("match")
-    if not epochs:
-        return {}
-    arrays = last_arrays(run, "match")
-    out = {}
-    for layer in _layers_in(arrays, "best_student"):
-        idx = arrays[keys.array_key("best_student", layer)]                      # [E, K_t], -1 = dead
-        live = idx >= 0
-        hits = (idx == np.arange(idx.shape[-1])) & live
-        out[layer] = hits.sum(-1) / np.maximum(live.sum(-1), 1)
-    return out
-
-
-def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped: dict[str, str]) -> str:
-    runs = [r for g in groups for r in g.runs]
-    statuses: dict[str, int] = {}
-    for r in runs:
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-    done = [r for g in groups for r in g.completed]
-    layers = layers_of(done, "match", "mean_best")
-    lines = [f"# tsdyn report: {folder}", "",
-             f"{len(runs)} runs in {len(groups)} groups (runs that differ only in seed keys form one group); "
-             f"status: {', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))}.",
-             "Values: mean [min, max] over the completed runs of a group and the students of each run "
-             f"(student.num_students), at the end of training. {LAYER_NOTE.capitalize()}.", "",
-             "## Final values", ""]
-    header = ["group", "runs (completed/all)", "students", "epochs", "eval loss",
-              *[f"layer {layer} mean best" for layer in layers]]
-    rows = []
-    for g in groups:
-        epochs = sorted({r.summary.get("epochs") for r in g.completed} - {None})
-        rows.append([g.label, f"{len(g.completed)}/{len(g.runs)}", str(sum(r.num_students for r in g.completed)),
-                     ",".join(map(str, epochs)) or "-", cell(final_band(g, "loss/eval")),
-                     *[cell(final_band(g, keys.layer_key("match", layer, "mean_best"))) for layer in layers]])
-    lines += table(header, rows)
-
-    shown = sorted({k for r in done for k in r.report_keys()}, key=keys.sort_key)
-    if shown:
-        lines += ["", "## Analyses (end of training)", ""]
-        rows = [[k, *[cell(final_band(g, k)) for g in groups]] for k in shown]
-        lines += table(["key", *[g.label for g in groups]], [r for r in rows if set(r[1:]) != {"n/a"}])
-
-    perturbed = [g for g in groups
-                 if g.completed and g.completed[0].config_value("student.init", "default") != "default"]
-    wins = {g.label: [teacher_block_wins(r) for r in g.completed] for g in perturbed}
-    win_layers = sorted({layer for per_run in wins.values() for w in per_run for layer in w})
-    if win_layers:
-        lines += ["", "## Who wins: teacher-initialised students", "",
-                  "Share of teacher nodes j whose final best student is student node j, the node that started "
-                  "at teacher node j.", ""]
-        lines += table(["group", *[f"layer {layer}" for layer in win_layers]],
-                       [[label, *[cell(band(w[layer] for w in per_run if layer in w)) for layer in win_layers]]
-                        for label, per_run in wins.items()])
-
-    bad = [r for r in runs if r.status != "completed"]
-    if bad:
-        lines += ["", "## Runs not completed (left out of every value and figure)", ""]
-        lines += table(["run", "status", "detail"],
-                       [[str(r.path.relative_to(folder) if r.path != folder else r.path), r.status,
-                         str(r.summary.get("error") or (f"diverged at step {r.summary['diverged_at_step']}"
-                                                        if "diverged_at_step" in r.summary else "")).replace("|", "/")]
-                        for r in bad])
-    lines += ["", "## Figures", ""]
-    lines += [f"- `{name}.png` / `{name}.pdf`: {text}" for name, text in written.items()]
-    if skipped:
-        lines += ["", "## Skipped figures", ""]
-        lines += [f"- `{name}`: {reason}" for name, reason in skipped.items()]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- entry point
-
-def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``);
-    returns the path of ``report.md``."""
-    folder = Path(folder)
-    runs = find_runs(folder)
-    if not runs:
-        raise FileNotFoundError(f"no run folders in {folder} (a run folder holds .hydra/ or summary.json)")
-    out = Path(out) if out is not None else folder / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
-    written, skipped = {}, {}
-    for name, (text, make) in FIGURES.items():
-        with rc_context(STYLE):
-            fig, reason = make(groups)
-            if fig is None:
-                skipped[name] = reason
-                continue
-            for ext in ("png", "pdf"):
-                fig.savefig(out / f"{name}.{ext}", dpi=DPI)
-        written[name] = text
-    path = out / "report.md"
-    path.write_text(markdown(folder, groups, written, skipped))
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tsdyn.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", nargs="?", help="a run or multirun folder (default: the newest under "
-                                                  "outputs/multiruns)")
-    parser.add_argument("--out", help="where to write (default: <folder>/report)")
-    args = parser.parse_args(argv)
-    folder = args.folder or newest_multirun()
-    if folder is None:
-        print("tsdyn.report: no folder given and no multirun under outputs/multiruns", file=sys.stderr)
-        return 2
-    try:
-        path = write_report(folder, args.out)
-    except FileNotFoundError as err:
-        print(f"tsdyn.report: {err}", file=sys.stderr)
-        return 2
-    print(path.read_text())
-    print(f"written: {path.parent}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
