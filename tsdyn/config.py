@@ -121,12 +121,13 @@ TRAINER_REFUSED: dict[str, Rule] = {
     "trainer.overfit_batches": (lambda v: v == 0, "0 (use data.n_train for a small training set)"),
     "trainer.callbacks": (lambda v: v is None, "null (callbacks come from the callbacks group: +callbacks.<name>=...)"),
     "trainer.logger": (lambda v: v is None, "null (loggers come from the logger group: logger=csv, logger=[wandb,csv])"),
+    "trainer.enable_checkpointing": (lambda v: v is True, "true (checkpoints are the callbacks' checkpoint entry: "
+                                     "~callbacks.checkpoint turns them off)"),
 }
-TRAINER_HONOURED = ("_target_", "accelerator", "enable_progress_bar", "enable_model_summary", "enable_checkpointing",
-                    "num_sanity_val_steps", "log_every_n_steps", "fast_dev_run", "limit_train_batches", "max_steps",
-                    "max_time", "min_epochs", "min_steps", "gradient_clip_val", "gradient_clip_algorithm",
-                    "default_root_dir", "deterministic", "benchmark", "detect_anomaly", "profiler", "inference_mode",
-                    "barebones")
+TRAINER_HONOURED = ("_target_", "accelerator", "enable_progress_bar", "enable_model_summary", "num_sanity_val_steps",
+                    "log_every_n_steps", "fast_dev_run", "limit_train_batches", "max_steps", "max_time", "min_epochs",
+                    "min_steps", "gradient_clip_val", "gradient_clip_algorithm", "default_root_dir", "deterministic",
+                    "benchmark", "detect_anomaly", "profiler", "inference_mode")
 
 
 def check_trainer(cfg: DictConfig) -> None:
