@@ -65,6 +65,9 @@ RULES: dict[str, Rule] = {
     "teacher.weight_choices": NUMBER_LIST,
     "teacher.strength_decay": NON_NEGATIVE,
     "teacher.bias_tune": OPEN_UNIT,
+    "teacher.normalize": one_of(ROW_NORMS),
+    "teacher.bias": (lambda v: v is None or _is_num(v), "null (biases ~ U(-0.5, 0.5)) or a number (every bias)"),
+    "teacher.standardize_outputs": BOOL,
     "teacher.bn": one_of(BN_PLACEMENTS),
     "teacher.bn_affine": BOOL,
     "student.width_mult": POSITIVE_INT,
@@ -145,10 +148,11 @@ def validate(cfg: DictConfig) -> None:
         if not (_is_num(lr) and lr > 0):
             fail(f"optimizer.lr_schedule.{epoch}", lr, "a learning rate > 0")
 
-    if _plain(cfg, "student.init") == "perturb":
+    init = _plain(cfg, "student.init")
+    if init in ("perturb", "gaussian_plus_teacher"):
         std = _plain(cfg, "student.perturb_std")
         if not (_is_num(std) and std >= 0):
-            fail("student.perturb_std", std, "a noise std >= 0 (student.init=perturb needs one)")
+            fail("student.perturb_std", std, f"a noise std >= 0 (student.init={init} needs one)")
 
     n_train, bs = _plain(cfg, "data.n_train"), _plain(cfg, "data.batch_size")
     if _is_int(n_train) and _is_int(bs) and bs > n_train:
