@@ -56,8 +56,8 @@ def one_of(choices) -> Rule:
 
 RULES: dict[str, Rule] = {
     "teacher.d": (lambda v: POSITIVE_INT[0](v) or (isinstance(v, list) and len(v) == 3 and POSITIVE_INT_LIST[0](v)),
-                  "a positive integer (fully connected teacher) or the image shape [C, H, W] of image data "
-                  "(conv teacher: data=fashion_mnist, mnist or cifar10)"),
+                  "a positive integer (fully connected teacher) or an input shape [C, H, W] (conv teacher: "
+                  "image data, or Gaussian inputs of that shape)"),
     "teacher.kernel_size": POSITIVE_INT,
     "teacher.ks": POSITIVE_INT_LIST,
     "teacher.d_out": POSITIVE_INT,
@@ -118,6 +118,7 @@ CALLBACK_RULES: dict[str, Rule] = {  # fields of any callbacks.<name> entry
     "share": UNIT,
     "seed": NON_NEGATIVE_INT,
     "norm_ord": POSITIVE,
+    "bn_effective": BOOL,
 }
 
 
@@ -211,8 +212,9 @@ def check_inputs(cfg: DictConfig) -> None:
     if shape is not None and d != (shape if kind == "conv" else _plain(cfg, "data.input_dim")):
         expected = shape if kind == "conv" else f"{_plain(cfg, 'data.input_dim')} (flattened {shape})"
         fail(key, value, f"a teacher reading data={dataset}'s inputs {expected}; this one reads {d}")
-    if shape is None and kind == "conv":
-        fail(key, value, "image data for a conv teacher (data=fashion_mnist, mnist or cifar10)")
+    if shape is None and kind == "conv" and not (isinstance(d, list) and len(d) == 3):
+        fail(key, value, "an input shape [C, H, W]: image data (data=fashion_mnist, mnist or cifar10) or "
+                         "Gaussian inputs of that shape")
     for name in (_plain(cfg, "callbacks") or {}):
         if kind == "conv" and theory_required(cfg, name):
             fail(f"callbacks.{name}.required", True, f"false for a conv teacher (the beta/H theory needs fully "
