@@ -20,7 +20,7 @@ from tsdyn.metrics.fanout import fanout_norms, fanout_split, matched_students, s
 from tsdyn.metrics.luck import convergence_epochs, nan_mean_median, spearman, top_pct
 from tsdyn.metrics.matching import best_match, hungarian_match, match_count, match_summary
 from tsdyn.metrics.pruning import prune_random_, prune_smallest_fanout_
-from tsdyn.metrics.theory import batch_means, diag_ratio, require_fc_without_bn
+from tsdyn.metrics.theory import batch_means, diag_ratio, op_norm_ratios, require_fc_without_bn
 from tsdyn.module import per_student_loss
 from tsdyn.nets import predict
 
@@ -255,7 +255,10 @@ class BetaH(Measurement):
     """The theory's batch means of beta*, beta, H*, H per hidden layer on the first ``n_samples``
     evaluation inputs (all of them if fewer; fully connected nets without BN only), and the diagonal
     dominance of beta* and H* after reordering students by their Hungarian match
-    (``theory/layer<l>/beta_star_diag_ratio``, ``h_star_diag_ratio``). Arrays: the four means per layer."""
+    (``theory/layer<l>/beta_star_diag_ratio``, ``h_star_diag_ratio``), and beside it the authors'
+    notebook measure, operator-norm ratios of H* and H split into best students and the rest
+    (``h_star_ratio_op``, ``h_ratio_op``: :func:`tsdyn.metrics.theory.op_norm_ratios`). Arrays: the
+    four means per layer."""
 
     name = "theory"
 
@@ -284,6 +287,8 @@ class BetaH(Measurement):
             students = hungarian_match(c)[1]
             for key in ("beta_star", "h_star"):
                 values[f"theory/layer{layer}/{key}_diag_ratio"] = diag_ratio(means[key][layer], students)
+            ratios = op_norm_ratios(means["h_star"][layer], means["h"][layer], best_match(c)[1])
+            values.update({f"theory/layer{layer}/{key}_op": ratios[key] for key in ("h_star_ratio", "h_ratio")})
             arrays.update({f"{key}_layer{layer}": means[key][layer] for key in means})
         return values, arrays
 

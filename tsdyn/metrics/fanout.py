@@ -1,4 +1,4 @@
-"""Fan-out norms and the matched / unmatched split of student nodes (PAPER.md section 3).
+"""Fan-out norms and the matched / unmatched split of student nodes (docs/SCIENCE.md section 3).
 
 The fan-out of hidden node k of layer l is every weight leaving it: column k of
 ``net.fan_out(l)`` (``[E, R, K_l]``; conv nets: a channel's outgoing kernels). Lucky student nodes

@@ -1,4 +1,4 @@
-"""Luck: were the final winners already ahead early on? (PAPER.md sections 2 and 3)
+"""Luck: were the final winners already ahead early on? (docs/SCIENCE.md sections 2 and 3)
 
 For teacher node j, the final best student k*(j) is looked up in the ordering of ``C_b[j, :]`` at a
 baseline moment b (initialisation, or after epoch 1, 2, ...). Its 0-based position there (0 = the

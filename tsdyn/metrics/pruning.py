@@ -1,4 +1,4 @@
-"""Node removal by fan-out ("lottery ticket" pruning, PAPER.md section 3) and its random control.
+"""Node removal by fan-out ("lottery ticket" pruning, docs/SCIENCE.md section 3) and its random control.
 
 Works on any net that exposes ``fan_out(layer) -> [E, R, K_l]``: a writeable view whose column k
 holds every weight leaving node k of hidden layer ``layer`` (``ReLUNet``: the next layer's weight;
