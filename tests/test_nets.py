@@ -172,8 +172,8 @@ def test_gaussian_plus_teacher_init_is_the_authors_perturb():
     for w, b, tw, tb in zip(s.weights, s.biases, t.weights, t.biases):
         rows, cols = tw.shape[1:]
         block = w[:, :rows, :cols] - tw                       # the teacher added into the first block
-        noise += [block.flatten(), w[:, rows:].flatten(), w[:, :rows, cols:].flatten(), b[:, :rows].flatten() - tb[0].repeat(2),
-                  b[:, rows:].flatten()]
+        noise += [block.flatten(), w[:, rows:].flatten(), w[:, :rows, cols:].flatten(),
+                  (b[:, :rows] - tb).flatten(), b[:, rows:].flatten()]
     noise = torch.cat(noise).double()
     assert noise.std().item() == pytest.approx(0.1, rel=0.03) and abs(noise.mean().item()) < 0.005
     s0 = make_student(t, width_mult=2, seed=0, init="gaussian_plus_teacher", perturb_std=0.0)

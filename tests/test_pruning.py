@@ -81,9 +81,10 @@ def test_pruning_under_bn_ranks_by_the_effective_fanout():
     removed = prune_smallest_fanout_(copy_net(net), 0.5)
     removed_raw = prune_smallest_fanout_(copy_net(net), 0.5, bn_effective=False)
     for layer in range(2):
+        n = removed[layer].shape[1]
         for e in range(2):
-            assert set(removed[layer][e].tolist()) == set(effective[layer][e].argsort()[:removed[layer].shape[1]].tolist())
-            assert set(removed_raw[layer][e].tolist()) == set(raw[layer][e].argsort()[:removed[layer].shape[1]].tolist())
+            assert set(removed[layer][e].tolist()) == set(effective[layer][e].argsort()[:n].tolist())
+            assert set(removed_raw[layer][e].tolist()) == set(raw[layer][e].argsort()[:n].tolist())
     assert any(set(a[e].tolist()) != set(b[e].tolist()) for a, b in zip(removed, removed_raw) for e in range(2))
 
 

@@ -464,8 +464,8 @@ def teacher_block_fanout(run: RunFolder) -> dict[int, tuple[np.ndarray, np.ndarr
     if not run.array_epochs("fanout") or not isinstance(ks, list):
         return {}
     arrays = last_arrays(run, "fanout")
-    return {layer: (arrays[f"fanout_layer{layer}"][:, :ks[layer]].ravel(), arrays[f"fanout_layer{layer}"][:, ks[layer]:].ravel())
-            for layer in _layers_in(arrays, "fanout_layer") if layer < len(ks)}
+    fans = {layer: arrays[f"fanout_layer{layer}"] for layer in _layers_in(arrays, "fanout_layer") if layer < len(ks)}
+    return {layer: (fan[:, :ks[layer]].ravel(), fan[:, ks[layer]:].ravel()) for layer, fan in fans.items()}
 
 
 def specialization_rows(groups: list[Group], threshold: float = 0.95) -> list[list[str]]:
