@@ -180,4 +180,4 @@ def test_specialization_and_teacher_block_fanout_tables(synthetic):
                 for col, part in ((2, np.concatenate([f[:, :KT[layer]].ravel() for f in fans])),
                                   (3, np.concatenate([f[:, KT[layer]:].ravel() for f in fans]))):
                     want = [np.median(part), part.min(), part.max()]
-                    assert numbers(fan[(label, layer)][col]) == pytest.approx(want, rel=1e-3), (label, layer, col)
+                    assert numbers(fan[(label, layer)][col]) == pytest.approx(want, rel=2e-3), (label, layer, col)  # 4 digits
