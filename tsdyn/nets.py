@@ -396,8 +396,8 @@ def make_teacher(d: int, ks: Sequence[int], d_out: int, seed: int,
                  n_calibration: int = 10000) -> ReLUNet:
     """Build the frozen, randomly initialised deep teacher (one member, eval mode): the separable
     init (:func:`init_teacher_`: ``weight_choices``, ``strength_decay``, ``normalize``, ``bias``),
-    then the follow-up's tuning on the data: ``bias_tune`` (:func:`tune_biases_`), then
-    ``standardize_outputs`` (:func:`standardize_outputs_`), then BatchNorm statistics.
+    then the follow-up's tuning on the data: ``bias_tune`` (:func:`tune_biases_`), BatchNorm
+    statistics, then ``standardize_outputs`` (:func:`standardize_outputs_`).
 
     ``input_sampler(n, generator) -> [n, d]`` draws inputs from the data distribution; it is
     needed for the tuning steps and for BatchNorm statistics.
