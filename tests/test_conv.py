@@ -131,7 +131,7 @@ def test_conv_teacher_rows_unit_norm_distinct_and_seeded():
     t = make_conv_teacher([1, 10, 10], [6, 5], 7, seed=3)
     for w, b in zip(t.weights, t.biases):
         rows = w[0].reshape(w.shape[1], -1)
-        norms = torch.sqrt(rows.pow(2).sum(1) + b[0].pow(2))
+        norms = rows.norm(dim=1)               # the weight row's norm (teacher.normalize=weight)
         torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-4, rtol=0)
         assert len({tuple(r.tolist()) for r in rows}) == rows.shape[0]
     again = make_conv_teacher([1, 10, 10], [6, 5], 7, seed=3)
