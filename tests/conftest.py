@@ -64,6 +64,7 @@ def slurm_cluster() -> dict[str, str]:
     try:
         slurm_cluster.up(root)
     except slurm_cluster.Unavailable as err:
+        shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"no SLURM cluster: {err}")
     print(f"\nSLURM cluster up in {time.perf_counter() - start:.1f} s ({root})")
     try:

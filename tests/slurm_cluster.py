@@ -52,10 +52,16 @@ def install() -> None:
     _run("apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES, env=env, timeout=600)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free right now (held together while they are chosen)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def node_line() -> str:
@@ -67,13 +73,14 @@ def write_conf(root: Path) -> Path:
     """``root/slurm.conf`` for a one-node cluster on this host; returns its path."""
     node = node_line()
     host = node.split()[0].split("=", 1)[1]
+    ctld_port, slurmd_port = _free_ports(2)
     conf = root / "slurm.conf"
     conf.write_text(f"""\
 # a private one-node cluster (tests/slurm_cluster.py)
 ClusterName=tsdyn
 SlurmctldHost={host}
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -93,6 +100,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# schedule every second (default 60 s): a requeued job starts as soon as cred_expire has passed
 SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -132,8 +140,9 @@ def wait_idle(root: Path, timeout: float = 60) -> None:
         if state == "idle":
             return
         time.sleep(0.2)
-    raise Unavailable(f"the node is not idle after {timeout:.0f} s (sinfo: {state!r}); "
-                      f"logs: {root}/slurmctld.log, {root}/slurmd.log")
+    logs = "; ".join(f"{name}: " + " / ".join((root / name).read_text().splitlines()[-3:])
+                     for name in ("slurmctld.log", "slurmd.log") if (root / name).exists())
+    raise Unavailable(f"the node is not idle after {timeout:.0f} s (sinfo: {state!r}); {logs}")
 
 
 def up(root: Path) -> Path:
@@ -166,39 +175,56 @@ def _pid(root: Path, daemon: str) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie is not: a daemon's parent here may never reap it)."""
+def _alive(pid: int, daemon: str) -> bool:
+    """``daemon`` runs as ``pid`` (not a zombie: a daemon's parent here may never reap it; not
+    another program that got the pid of a daemon gone long ago)."""
+    proc = Path(f"/proc/{pid}")
     try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        return "zombie" not in (proc / "status").read_text().lower() and daemon in (proc / "cmdline").read_text()
     except OSError:
         return False
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not _alive(pid)
+def _stop(pid: int, daemon: str) -> None:
+    """SIGTERM, and SIGKILL if it still runs 10 s later."""
+    for signum, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        os.kill(pid, signum)
+        deadline = time.monotonic() + wait
+        while _alive(pid, daemon) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _alive(pid, daemon):
+            return
+
+
+def _job_processes(root: Path) -> list[int]:
+    """The running processes of the cluster's jobs: their environment (exported by sbatch) holds
+    its ``SLURM_CONF`` and a ``SLURM_JOB_ID``."""
+    mark = f"SLURM_CONF={root / 'slurm.conf'}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if mark in environ and any(e.startswith(b"SLURM_JOB_ID=") for e in environ):
+            pids.append(int(proc.name))
+    return pids
 
 
 def down(root: Path) -> None:
-    """Cancel the cluster's jobs, then stop its daemons (by their pid files in ``root``)."""
+    """Cancel the cluster's jobs (what is left of them after KillWait is killed), then stop its
+    daemons (by their pid files in ``root``)."""
     if (root / "slurm.conf").exists() and _pid(root, "slurmctld") is not None:
-        subprocess.run(["scancel", "-p", PARTITION, "--full"], env=env(root), capture_output=True, timeout=30)
-        deadline = time.monotonic() + 15  # the jobs' processes end (SIGTERM, KillWait, SIGKILL)
-        while time.monotonic() < deadline:
-            res = subprocess.run(["squeue", "-h", "-o", "%i"], env=env(root), capture_output=True, text=True)
-            if res.returncode != 0 or not res.stdout.strip():
-                break
+        subprocess.run(["scancel", "-p", PARTITION], env=env(root), capture_output=True, timeout=30)
+        deadline = time.monotonic() + 12  # KillWait=10: SIGTERM, then SIGKILL from slurmstepd
+        while _job_processes(root) and time.monotonic() < deadline:
             time.sleep(0.2)
+    for pid in _job_processes(root):
+        os.kill(pid, signal.SIGKILL)
     for daemon in PID_FILES:
         pid = _pid(root, daemon)
-        if pid is None or not _alive(pid):
-            continue
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 10):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 5)
+        if pid is not None and _alive(pid, daemon):
+            _stop(pid, daemon)
 
 
 def main(argv: list[str]) -> int:

@@ -33,6 +33,11 @@ SWEEP = ["sweep=width", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1"
 PREEMPTED = 0
 
 
+def on_the_cluster(test):
+    """A test on the cluster: slow, marked slurm, run by the one xdist worker that starts the cluster."""
+    return pytest.mark.slow(pytest.mark.slurm(pytest.mark.xdist_group("slurm")(test)))
+
+
 @pytest.fixture(scope="module")
 def array_run(slurm_cluster, tmp_path_factory):
     """The sweep, run once through the cluster; task PREEMPTED gets USR2 once its second epoch has
@@ -63,8 +68,7 @@ def job_log(array_run, task: int) -> str:
     return (folder / f"{array_run.array_id}_{task}_0_log.out").read_text()
 
 
-@pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
+@on_the_cluster
 def test_sweep_preset_runs_as_one_array_and_the_report_reads_it(array_run):
     assert array_run.returncode == 0, array_run.output[-3000:]
     # one array job, one task per job of the sweep, asking for one CPU and no GPU
@@ -82,8 +86,7 @@ def test_sweep_preset_runs_as_one_array_and_the_report_reads_it(array_run):
     assert "| student.width_mult=2 | 1/1 | 1 | 3 |" in md and "| student.width_mult=0 | 0/1 | 0 | - |" in md
 
 
-@pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
+@on_the_cluster
 def test_failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):
     assert {name: r.status for name, r in array_run.runs.items()} == \
         {"0": "completed", "1": "failed", "2": "completed"}
@@ -93,8 +96,7 @@ def test_failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run
         assert [r["epoch"] for r in read_metrics(array_run.runs[name].path) if "loss/eval" in r] == [0, 1, 2, 3]
 
 
-@pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
+@on_the_cluster
 def test_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, tmp_path):
     log = job_log(array_run, PREEMPTED)
     assert "this job is preempted" in log and f"Requeued job {array_run.array_id}_{PREEMPTED}" in log
@@ -115,8 +117,7 @@ def test_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, 
           f"\nuninterrupted run:            final {json.dumps({k: reference['final'][k] for k in ('loss/eval', 'match/layer0/mean_best')})}")
 
 
-@pytest.mark.slurm
-@pytest.mark.xdist_group("slurm")
+@on_the_cluster
 def test_wandb_group_spans_the_tasks(array_run):
     group = f"width-{array_run.dir.parent.name}_{array_run.dir.name}".encode()
     logs = {name: sorted((array_run.runs[name].path / "wandb").glob("offline-run-*/run-*.wandb")) for name in ("0", "2")}
