@@ -24,7 +24,7 @@ from tsdyn.metrics.luck import convergence_epochs, nan_mean_median, spearman, to
 from tsdyn.metrics.matching import as_samples, best_match, hungarian_match, match_count, match_summary
 from tsdyn.metrics.pruning import prune_random_, prune_smallest_fanout_
 from tsdyn.metrics.sparsity import active_share, coactive_share
-from tsdyn.metrics.theory import batch_means, diag_ratio, require_fc_without_bn
+from tsdyn.metrics.theory import batch_means, diag_ratio, op_norm_ratios, require_fc_without_bn
 from tsdyn.module import per_student_loss
 from tsdyn.nets import predict
 
@@ -203,21 +203,23 @@ class FanOut(Analysis):
     """Per hidden layer: each student node's fan-out norm (L2 of its outgoing weights), split into
     matched nodes (the best partner of a teacher node with correlation above ``threshold``) and the
     rest: ``fanout/layer<l>/matched_median``, ``unmatched_median``, ``unmatched_below_1pct``.
-    Arrays: norms, each student node's best correlation, the matched mask. W&B: log10-norm
-    histograms of both groups and the L-shape scatter."""
+    Under a BatchNorm after the ReLU the fan-out is the effective one (times gamma / sqrt(var + eps))
+    unless ``bn_effective=False``. Arrays: norms, each student node's best correlation, the matched
+    mask. W&B: log10-norm histograms of both groups and the L-shape scatter."""
 
     name = "fanout"
-    config_rules = {**Analysis.config_rules, "threshold": THRESHOLD}
+    config_rules = {**Analysis.config_rules, "threshold": THRESHOLD, "bn_effective": BOOL}
     report_names = ("matched_median", "unmatched_median", "unmatched_below_1pct")
 
-    def __init__(self, every_n_epochs: int = 1, threshold: float = 0.9, media_every_n_epochs: int = 20):
+    def __init__(self, every_n_epochs: int = 1, threshold: float = 0.9, media_every_n_epochs: int = 20,
+                 bn_effective: bool = True):
         super().__init__(every_n_epochs, media_every_n_epochs)
-        self.threshold = float(threshold)
+        self.threshold, self.bn_effective = float(threshold), bool(bn_effective)
 
     def measure(self, pl_module, epoch: int) -> Result:
         values, arrays = {}, {}
         for layer, c in enumerate(pl_module.snapshot(epoch).corr):
-            norms = fanout_norms(pl_module.student, layer)
+            norms = fanout_norms(pl_module.student, layer, bn_effective=self.bn_effective)
             matched = matched_students(c, self.threshold).to(norms.device)
             values.update({keys.layer_key("fanout", layer, k): v for k, v in fanout_split(norms, matched).items()})
             arrays.update({keys.array_key("fanout", layer): norms, keys.array_key("best_corr", layer): student_best_corr(c),
@@ -232,7 +234,7 @@ class FanOut(Analysis):
                 histograms[keys.layer_key("fanout", layer, "log10_unmatched")] = log_fan[~matched]
             fig = plots.lshape(corrs, fans, f"best correlation vs fan-out, epoch {epoch}")
             return {"images": {"fanout/lshape": plots.to_image(fig)}, "histograms": histograms}
-        return Result(values, arrays, media, summary={"threshold": self.threshold})
+        return Result(values, arrays, media, summary={"threshold": self.threshold, "bn_effective": self.bn_effective})
 
 
 class BNBias(Analysis):
@@ -294,7 +296,10 @@ class BetaH(Analysis):
     """The theory's batch means of beta*, beta, H*, H per hidden layer on the first ``n_samples``
     evaluation inputs (all of them if fewer; fully connected nets without BN only), and the diagonal
     dominance of beta* and H* after reordering students by their Hungarian match
-    (``theory/layer<l>/beta_star_diag_ratio``, ``h_star_diag_ratio``). Arrays: the four means per layer."""
+    (``theory/layer<l>/beta_star_diag_ratio``, ``h_star_diag_ratio``), and beside it the authors'
+    notebook measure, operator-norm ratios of H* and H split into best students and the rest
+    (``h_star_ratio_op``, ``h_ratio_op``: :func:`tsdyn.metrics.theory.op_norm_ratios`). Arrays: the
+    four means per layer."""
 
     name = "theory"
     config_rules = {**Analysis.config_rules, "n_samples": POSITIVE_INT, "required": BOOL}
@@ -324,6 +329,8 @@ class BetaH(Analysis):
             students = hungarian_match(c)[1]
             for key in ("beta_star", "h_star"):
                 values[keys.layer_key("theory", layer, f"{key}_diag_ratio")] = diag_ratio(means[key][layer], students)
+            ratios = op_norm_ratios(means["h_star"][layer], means["h"][layer], best_match(c)[1])
+            values.update({keys.layer_key("theory", layer, f"{key}_op"): ratios[key] for key in ("h_star_ratio", "h_ratio")})
             arrays.update({keys.array_key(key, layer): means[key][layer] for key in means})
         return Result(values, arrays, summary={"n_samples": self.n_samples})
 
@@ -424,17 +431,19 @@ def ensemble_mean(values: Tensor) -> float:
 
 class Pruning(Analysis):
     """After training, on copies of the student: remove the ``share`` of each hidden layer's nodes
-    with the smallest fan-out (``norm_ord`` 1: the paper's mean |fan-out|) and, as the control, a
+    with the smallest fan-out (``norm_ord`` 1: the paper's mean |fan-out|; effective under a BatchNorm
+    after the ReLU unless ``bn_effective=False``) and, as the control, a
     random ``share`` (seeded by ``seed``); the evaluation loss before and after each
     (``prune/loss_before``, ``prune/fanout/loss_after``, ``prune/random/loss_after``) and the
     ``pruning`` section of ``analysis.json``."""
 
     name = "pruning"
-    config_rules = {"share": UNIT, "seed": NON_NEGATIVE_INT, "norm_ord": POSITIVE}
+    config_rules = {"share": UNIT, "seed": NON_NEGATIVE_INT, "norm_ord": POSITIVE, "bn_effective": BOOL}
 
-    def __init__(self, share: float = 0.5, seed: int = 0, norm_ord: float = 1):
+    def __init__(self, share: float = 0.5, seed: int = 0, norm_ord: float = 1, bn_effective: bool = True):
         super().__init__()
         self.share, self.seed, self.norm_ord = float(share), int(seed), float(norm_ord)
+        self.bn_effective = bool(bn_effective)
 
     @torch.no_grad()
     def finish(self, trainer, pl_module) -> Result:
@@ -443,13 +452,14 @@ class Pruning(Analysis):
 
         student = copy.deepcopy(pl_module.student).eval()
         by_fanout, by_chance = copy.deepcopy(student), copy.deepcopy(student)
-        removed = prune_smallest_fanout_(by_fanout, self.share, ord=self.norm_ord)
+        removed = prune_smallest_fanout_(by_fanout, self.share, ord=self.norm_ord, bn_effective=self.bn_effective)
         prune_random_(by_chance, self.share, torch.Generator().manual_seed(self.seed))
         losses = {"loss_before": eval_loss(student), "fanout_loss_after": eval_loss(by_fanout),
                   "random_loss_after": eval_loss(by_chance)}
         return Result({"prune/loss_before": losses["loss_before"], "prune/fanout/loss_after": losses["fanout_loss_after"],
                        "prune/random/loss_after": losses["random_loss_after"]},
-                      summary={"share": self.share, "norm_ord": self.norm_ord, "seed": self.seed,
+                      summary={"share": self.share, "norm_ord": self.norm_ord, "bn_effective": self.bn_effective,
+                               "seed": self.seed,
                                "removed_per_layer": [int(r.shape[-1]) for r in removed],
                                "widths": [int(pl_module.student.fan_out(layer).shape[-1]) for layer in range(len(removed))],
                                **{k: ensemble_mean(v) for k, v in losses.items()}})

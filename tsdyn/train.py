@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
@@ -27,6 +26,7 @@ from tsdyn.resume import StopOnSignal, resumed_config
 from tsdyn.runfolder.lock import RunLock
 from tsdyn.runfolder.paths import last_checkpoint
 from tsdyn.runfolder.state import continue_in
+from tsdyn.slurm import set_threads
 
 log = logging.getLogger("tsdyn")
 
@@ -48,8 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
     ``failed`` (the error is re-raised, or training ended without the trainer finishing). A folder
     another live process is writing is refused (:class:`~tsdyn.runfolder.lock.RunLock`)."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     with RunLock(run_dir):
         return _run(cfg, run_dir, resume)
 

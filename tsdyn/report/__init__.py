@@ -15,7 +15,10 @@ table when the runs lack its data:
    best correlation vs fan-out norm at the end (the L-shape);
 5. ``bn_bias``: BatchNorm bias histograms per layer, share <= 0 in the legend;
 6. ``sorted_corr``: each teacher node's top-20 student correlations, sorted, at initialisation and
-   at the end.
+   at the end;
+7. ``fanout_sorted``: every student's final fan-out norms, sorted, per group and layer (log scale);
+8. ``specialization``: per teacher node (index = strength rank under strength decay), the share of
+   students whose best correlation with it exceeds 0.95 at the end, per layer.
 """
 from __future__ import annotations
 

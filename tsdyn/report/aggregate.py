@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 
 from tsdyn import keys
+from tsdyn.metrics.matching import recovery_rate
 from tsdyn.runfolder.reader import RunFolder
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
@@ -93,3 +95,32 @@ def teacher_block_wins(run: RunFolder) -> dict[int, np.ndarray]:
         hits = (idx == np.arange(idx.shape[-1])) & live
         out[layer] = hits.sum(-1) / np.maximum(live.sum(-1), 1)
     return out
+
+
+def teacher_block_fanout(run: RunFolder) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per layer: the final fan-out norms of the teacher-initialised student nodes (the first K_t
+    of each student, student.init other than default) and of the rest, every student pooled."""
+    ks = run.config_value("teacher.ks")
+    if not run.array_epochs("fanout") or not isinstance(ks, list):
+        return {}
+    arrays = last_arrays(run, "fanout")
+    fans = {layer: arrays[keys.array_key("fanout", layer)] for layer in keys.array_layers(arrays, "fanout")
+            if layer < len(ks)}
+    return {layer: (fan[:, :ks[layer]].ravel(), fan[:, ks[layer]:].ravel()) for layer, fan in fans.items()}
+
+
+def specialization_rows(groups: list[Group], threshold: float = 0.95) -> list[list[str]]:
+    """Per group and layer: the share of students recovering each teacher node (index order)."""
+    rows = []
+    for g in groups:
+        per_layer: dict[int, list[np.ndarray]] = {}
+        for r in g.completed:
+            if r.array_epochs("match"):
+                arrays = last_arrays(r, "match")
+                for layer in keys.array_layers(arrays, "best"):
+                    per_layer.setdefault(layer, []).append(arrays[keys.array_key("best", layer)])
+        for layer, best in sorted(per_layer.items()):
+            rate = recovery_rate(torch.as_tensor(np.concatenate(best)), threshold).numpy()
+            rows.append([g.label, str(layer), str(sum(len(b) for b in best)),
+                         " ".join("-" if np.isnan(v) else f"{v:.2f}" for v in rate)])
+    return rows

@@ -6,11 +6,13 @@ import textwrap
 from typing import Callable
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tsdyn import keys
+from tsdyn.metrics.matching import recovery_rate
 from tsdyn.plots import grid
 from tsdyn.report.aggregate import LAYER_NOTE, Group, final_band, last_arrays, layers_of, series_band
 from tsdyn.runfolder.reader import RunFolder
@@ -259,6 +261,46 @@ def fig_sorted_corr(groups: list[Group]):
     return fig, None
 
 
+def fig_fanout_sorted(groups: list[Group]):
+    pairs, _ = array_runs(groups, "fanout", "fanout")
+    if not pairs:
+        return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
+    cells: dict[tuple[str, int], tuple[Group, list[np.ndarray]]] = {}
+    for g, r in pairs:
+        arrays = last_arrays(r, "fanout")
+        for layer in keys.array_layers(arrays, "fanout"):
+            cells.setdefault((g.label, layer), (g, []))[1].extend(arrays[keys.array_key("fanout", layer)])
+    chosen = list(cells.items())[:MAX_PANELS]
+    note = f" (first {MAX_PANELS} panels)" if len(cells) > MAX_PANELS else ""
+    fig, axes = panels(len(chosen))
+    for ax, ((label, layer), (g, fans)) in zip(axes, chosen):
+        for fan in fans:
+            ax.plot(np.arange(len(fan)), np.sort(np.maximum(fan, 1e-12))[::-1], ".-", ms=2, lw=0.6, color=g.color,
+                    alpha=0.7)
+        ax.set(title=textwrap.fill(f"{label}: {layer_title(layer)}", 50), xlabel="student node, by fan-out (sorted)",
+               ylabel="fan-out norm", yscale="log")
+        ax.title.set_fontsize(7)
+    fig.suptitle(f"Final fan-out norms, sorted: one line per student ({LAYER_NOTE}){note}", fontsize=9)
+    return fig, None
+
+
+def fig_specialization(groups: list[Group], threshold: float = 0.95):
+    fig, cells, shown = layer_panels(groups, "match", "best")
+    if fig is None:
+        return None, "no best_layer<l> in arrays/match_epochNNN.npz"
+    for ax, layer, found in cells:
+        for g in shown:
+            best = [a[keys.array_key("best", layer)] for gg, a in found if gg is g]
+            if best:
+                rate = recovery_rate(torch.as_tensor(np.concatenate(best)), threshold).numpy()
+                ax.plot(np.arange(len(rate)), rate, "o-", ms=3, color=g.color)
+        ax.set(title=layer_title(layer), xlabel="teacher node index (strength rank under strength decay)",
+               ylabel=f"share of students with best corr > {threshold}", ylim=(-0.03, 1.03))
+    fig.suptitle(f"Specialization: teacher nodes recovered, over all students of a group ({LAYER_NOTE})", fontsize=9)
+    legend(fig, shown)
+    return fig, None
+
+
 FIGURES: dict[str, tuple[str, Callable]] = {
     "curves": ("mean best correlation per layer and eval loss vs epoch", fig_curves),
     "luck": ("luck: top-% rank of the final winner vs baseline epoch", fig_luck),
@@ -267,4 +309,6 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "fanout_lshape": ("L-shape: best correlation vs fan-out norm at the end", fig_fanout_lshape),
     "bn_bias": ("BatchNorm bias histograms with the share <= 0", fig_bn_bias),
     "sorted_corr": ("sorted top-20 correlations per teacher node, init vs end", fig_sorted_corr),
+    "fanout_sorted": ("final fan-out norms per student, sorted", fig_fanout_sorted),
+    "specialization": ("share of students recovering each teacher node (corr > 0.95)", fig_specialization),
 }

@@ -7,11 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from tsdyn import keys
-from tsdyn.report.aggregate import LAYER_NOTE, Group, band, final_band, layers_of, teacher_block_wins
+from tsdyn.report.aggregate import (LAYER_NOTE, Group, band, final_band, layers_of, specialization_rows,
+                                    teacher_block_fanout, teacher_block_wins)
 
 
 def fmt(x: float) -> str:
     return "n/a" if not np.isfinite(x) else (f"{x:.4g}" if x != 0 and (abs(x) < 0.01 or abs(x) >= 1000) else f"{x:.4f}")
+
+
+def median_cell(values: np.ndarray) -> str:
+    """``median [min, max]`` of the finite ``values``, or ``n/a``."""
+    v = values[np.isfinite(values)]
+    return f"{fmt(float(np.median(v)))} [{fmt(float(v.min()))}, {fmt(float(v.max()))}]" if v.size else "n/a"
 
 
 def cell(stats: tuple[float, float, float, int]) -> str:
@@ -63,6 +70,23 @@ def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped
         lines += table(["group", *[f"layer {layer}" for layer in win_layers]],
                        [[label, *[cell(band(w[layer] for w in per_run if layer in w)) for layer in win_layers]]
                         for label, per_run in wins.items()])
+
+        lines += ["", "## Fan-out of the teacher-initialised nodes and of the rest (end of training)", "",
+                  "Median [min, max] of the final fan-out norms, every student of the group pooled.", ""]
+        fan_rows = []
+        for g in perturbed:
+            fans = [teacher_block_fanout(r) for r in g.completed]
+            for layer in sorted({layer for f in fans for layer in f}):
+                block = [np.concatenate([f[layer][i] for f in fans if layer in f]) for i in (0, 1)]
+                fan_rows.append([g.label, str(layer), *[median_cell(b) for b in block]])
+        lines += table(["group", "layer", "teacher-initialised nodes", "other nodes"], fan_rows)
+
+    spec = specialization_rows(groups)
+    if spec:
+        lines += ["", "## Specialization: teacher nodes recovered", "",
+                  "Per teacher node in index order (the strength rank under strength decay): the share of students "
+                  "whose best correlation with it exceeds 0.95 at the end (- = a dead teacher node).", ""]
+        lines += table(["group", "layer", "students", "share per teacher node"], spec)
 
     bad = [r for r in runs if r.status != "completed"]
     if bad:
