@@ -158,9 +158,11 @@ def test_teacher_data_input_mismatch_is_a_config_error(fmnist_root, overrides, n
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
-def test_conv_teacher_needs_image_data():
-    with pytest.raises(ConfigError, match=r"teacher.d=None is not allowed: .*image shape \[C, H, W\]"):
-        validate(compose_cfg(["teacher=conv", "data=gaussian", "~callbacks.theory"]))
+def test_conv_teacher_on_gaussian_data_reads_an_image_shape(tmp_path):
+    """Without image data a conv teacher reads Gaussian inputs of the authors' (1, 16, 16) shape."""
+    cfg = compose_cfg(["teacher=conv", "data=gaussian", "~callbacks.theory"], tmp_path)
+    validate(cfg)
+    assert list(cfg.teacher.d) == [1, 16, 16]
 
 
 def test_pretrained_teacher_of_other_images_is_refused(fmnist_root):
