@@ -1,5 +1,5 @@
 """Sweep presets: each composes and expands to the jobs it documents, every job's config is valid,
-seeds vary the student and never the teacher; the SLURM launcher config composes. No training."""
+seeds vary the student and never the teacher; the SLURM launcher presets compose. No training."""
 from pathlib import Path
 
 import pytest
@@ -93,10 +93,17 @@ def test_sweeps_cli_lists_jobs_and_names_a_bad_one(capsys):
     assert "job 1" in err and "student.width_mult=-1" in err
 
 
-def test_slurm_launcher_is_submitit_slurm_with_tsdyn_defaults():
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=["sweep=width", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node) == ("gpu", 720, 1)
+def test_slurm_launchers_are_submitit_slurm_with_tsdyn_defaults(monkeypatch):
+    monkeypatch.delenv("TSDYN_SLURM_PARTITION", raising=False)
+    launchers = {}
+    for preset in ("slurm", "slurm_gpu"):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("train", overrides=["sweep=width", f"hydra/launcher={preset}", "hydra.launcher.account=a"],
+                          return_hydra_config=True)
+        launchers[preset] = cfg.hydra.launcher
+    for launcher in launchers.values():
+        assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+        assert (launcher.partition, launcher.account, launcher.cpus_per_task) == (None, "a", 4)
+    # CPU: no GPU asked for (a CPU partition refuses the job otherwise); GPU: one per job
+    assert (launchers["slurm"].gpus_per_node, launchers["slurm"].gres, launchers["slurm"].timeout_min) == (None, None, 720)
+    assert (launchers["slurm_gpu"].gpus_per_node, launchers["slurm_gpu"].timeout_min) == (1, 240)
