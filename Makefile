@@ -23,7 +23,7 @@ train: $(STAMP)
 	$(PY) -m tsdyn.train $(ARGS)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)  # loadgroup: the SLURM tests share one worker
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)  # active OpenMP waits: PASSIVE slows 2-thread small matmuls ~3x
