@@ -18,9 +18,8 @@ from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import ROOT
 from tests.test_reliability import assert_same_run
-from tsdyn.recorder import read_metrics
 from tsdyn.report import main as report
-from tsdyn.runs import find_runs
+from tsdyn.runfolder.reader import find_runs, read_metrics
 from tsdyn.slurm import GONE, SqueueWatcher, set_threads
 from tsdyn.train import run
 
