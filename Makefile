@@ -23,7 +23,7 @@ train: $(STAMP)
 	$(PY) -m tsdyn.train $(ARGS)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)  # loadgroup: the SLURM tests share one worker
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(ARGS)
 
 # the edit-test loop: unit tests and short runs, the end-to-end runs marked slow left out
 test-fast: $(STAMP)
