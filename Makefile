@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # the edit-test loop: unit tests and short runs, the end-to-end runs marked slow left out
 test-fast: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not slurm" $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q -m "not slow and not slurm" $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)  # active OpenMP waits: PASSIVE slows 2-thread small matmuls ~3x
