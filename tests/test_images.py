@@ -186,6 +186,7 @@ def write_image_set(root, dataset, monkeypatch):
         write_mnist(root, dataset, grey(300), grey(70))
 
 
+@pytest.mark.slow  # decodes the image sets and builds conv nets
 @pytest.mark.parametrize("group,option", sorted(IMAGE_OPTIONS))
 def test_every_image_option_composes_and_builds(group, option, tmp_path, monkeypatch):
     dataset = option if group == "data" else "fashion_mnist"

@@ -119,6 +119,7 @@ def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic):
                                                                      abs=6e-5)
 
 
+@pytest.mark.slow  # draws and saves the figures it has data for
 def test_missing_data_skips_figures_with_a_note(tmp_path):
     rng = np.random.default_rng(1)
     write_run(tmp_path / "0", 1, 0, rng, arrays=False)
