@@ -58,7 +58,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     renormalize = opt_cfg.pop("renormalize", None)
     module = TeacherStudent(teacher, student, data, instantiate(opt_cfg), lr_schedule, renormalize=renormalize,
                             loss=cfg.loss, steps_per_call=cfg.steps_per_call,
-                            log_every_n_steps=cfg.log_every_n_steps, recorder=Recorder(run_dir))
+                            log_every_n_steps=cfg.log_every_n_steps, recorder=Recorder(run_dir),
+                            step=cfg.step, fused_chunk=cfg.fused_chunk)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if run_dir is not None:
         callbacks.append(CheckpointOnInterrupt(run_dir))
