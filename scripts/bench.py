@@ -9,15 +9,26 @@ reported as same-run ratios (absolute speeds vary with the machine and its load)
   (c) tsdyn    tsdyn's real path: TeacherStudent + pl.Trainer, callbacks off
   (d) +cb      the same with the default callbacks (all analyses at their default frequency)
   (e) E=k      tsdyn with k students at once (``student.num_students=k``)
+  (f) fused    tsdyn's fused step, uncompiled (``step=fused``)
+  (g) compiled tsdyn's fused step compiled (``step=compiled``), one step per call or ``k`` (``fused_chunk=k``)
+  (h) compiled E=k  the compiled fused step with k students at once
+
+(c) and (e) take the autograd step (``step=autograd``). Compilation happens in the warm-up epoch;
+its time is reported beside the table (inductor caches it on disk: a second run pays less).
 
 Usage: ``make bench`` or ``python scripts/bench.py [--widths 10 1 50] [--epochs 3] [--out docs/BENCHMARKS.md]``.
-``--main-job`` also times the default main job (40 epochs) against the authors' loop for 40 epochs.
+``--main-job`` also times the default main job (40 epochs) split into startup, compilation,
+training, per-epoch analyses and end-of-run work, beside the same job with ``step=autograd`` and
+with ``callbacks=none logger=none`` (each a ``python -m tsdyn.train`` process), and the authors' loop.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,16 +147,37 @@ class EpochTimer(pl.Callback):
         return [b - a for a, b in zip(self.marks[:-1], self.marks[1:])][1:]
 
 
-def bench_tsdyn(width_mult, n_train, epochs, callbacks: str, num_students: int = 1) -> list[float]:
+COMPILE_TIMES: dict[str, float] = {}  # variant -> seconds its compilation took in this run
+
+
+def bench_tsdyn(width_mult, n_train, epochs, callbacks: str, num_students: int = 1, step: str = "autograd",
+                chunk: int = 1, name: str = "") -> list[float]:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_cfg([f"student.width_mult={width_mult}", f"student.num_students={num_students}",
                            f"data.n_train={n_train}", f"epochs={epochs + 2}", f"callbacks={callbacks}",
+                           f"step={step}", f"fused_chunk={chunk}",
                            "logger=none", "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
         module, trainer = build(cfg, Path(run_dir) if callbacks != "none" else None)
         timer = EpochTimer()
         trainer.callbacks.append(timer)
         trainer.fit(module)
+        if module._fused is not None and module._fused.compile_seconds:
+            COMPILE_TIMES[f"width_mult {width_mult} {name}"] = module._fused.compile_seconds
         return timer.epochs()
+
+
+def bench_fused(wm: int, args, steps: int, flops: float) -> dict:
+    """(f) the uncompiled fused step, (g) the compiled one at 1 and ``args.chunks`` steps per call,
+    (h) the compiled one with the ensembles ``args.compiled_ensembles`` names for this width."""
+    res = {"(f) fused": fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", step="fused"), steps)}
+    for k in [1, *args.chunks]:
+        name = "(g) compiled" + (f" k={k}" if k > 1 else "")
+        res[name] = fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", step="compiled", chunk=k, name=name),
+                        steps)
+    for e in [int(pair.split(":")[1]) for pair in args.compiled_ensembles if int(pair.split(":")[0]) == wm]:
+        name = f"(h) compiled E={e}"
+        res[name] = fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", e, step="compiled", name=name), steps, e)
+    return res
 
 
 def fmt(times: list[float], steps: int, students: int = 1) -> dict:
@@ -160,10 +192,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up)")
     p.add_argument("--n-train", type=int, default=32000, help="samples per epoch (steps = n / 64)")
     p.add_argument("--ensembles", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--compiled-widths", type=int, nargs="+", default=[10, 1],
+                   help="widths whose fused and compiled variants (f), (g), (h) are timed")
+    p.add_argument("--compiled-ensembles", nargs="+", default=["10:16", "1:64"],
+                   help="width_mult:E pairs also timed with the compiled fused step (h)")
+    p.add_argument("--chunks", type=int, nargs="+", default=[5],
+                   help="steps per compiled call timed besides 1 (fused_chunk)")
     p.add_argument("--max-gflop-per-step", type=float, default=4.0,
                    help="skip ensembles whose step exceeds this (e.g. E=64 at width_mult 50)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--main-job", action="store_true", help="also: the 40-epoch main job vs the authors' loop")
+    p.add_argument("--main-job", action="store_true", help="also: the main job's phases (see above)")
+    p.add_argument("--main-job-epochs", type=int, default=40)
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -193,6 +232,8 @@ def main() -> None:
                "(d) tsdyn + callbacks": fmt(bench_tsdyn(wm, args.n_train, args.epochs, "default"), steps)}
         for e in ensembles:
             res[f"(e) tsdyn E={e}"] = fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", e), steps, e)
+        if wm in args.compiled_widths:
+            res.update(bench_fused(wm, args, steps, flops))
         for name, r in res.items():
             gf = r["student_steps_s"] * flops / 1e9
             lines.append((wm, name, r, gf))
@@ -215,25 +256,101 @@ def main() -> None:
               "| width_mult | (c)/(a) | (c)/(b) | (d)/(c) | " + " | ".join(f"E={e}" for e in args.ensembles) + " |",
               "|---:|---:|---:|---:|" + "---:|" * len(args.ensembles), *ratios]
     if args.main_job:
-        lines += ["", main_job_lines()]
+        lines += ["", main_job_lines(args.main_job_epochs)]
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
 
 
-def main_job_lines() -> str:
-    """The default main job (40 epochs, callbacks on) against the authors' loop for 40 epochs."""
+class PhaseTimer(pl.Callback):
+    """Wall-clock marks of a training process (added to ``python -m tsdyn.train`` as the last
+    callback): fit start, each epoch's start and last step, each epoch's checkpoint (the end of its
+    epoch-end work); written to ``path`` as JSON at the end of fit."""
+
+    def __init__(self, path: str):
+        self.path, self.marks = path, {"epoch_start": [], "last_step": [], "checkpoint": []}
+
+    def on_fit_start(self, trainer, pl_module):
+        self.marks["fit_start"] = time.time()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.marks["epoch_start"].append(time.time())
+        self.marks["last_step"].append(None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.marks["last_step"][-1] = time.time()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.marks["checkpoint"].append(time.time())
+
+    def on_fit_end(self, trainer, pl_module):
+        self.marks["step_path"] = pl_module.step_path
+        Path(self.path).write_text(json.dumps(self.marks))
+
+
+def phases(marks: dict, start: float, end: float, compile_s: float) -> dict:
+    """Seconds of a training process's phases from :class:`PhaseTimer`'s ``marks`` and the process's
+    ``start`` and ``end``: ``startup`` (interpreter, imports, config, W&B, the nets: up to fit start),
+    ``compile``, ``training`` (the epochs' steps, each epoch's shuffle and the teacher labelling
+    included, compilation excluded), ``epoch_analyses`` (the measurements at the start and after
+    every epoch, checkpoints included) and ``end_of_run`` (after the last epoch's checkpoint: the
+    end-of-run analyses, the summary, closing the loggers, process exit)."""
+    starts, steps = marks["epoch_start"], marks["last_step"]
+    epoch_done = marks["checkpoint"][-1] if marks["checkpoint"] else steps[-1]
+    training = sum(b - a for a, b in zip(starts, steps))
+    analyses = (starts[0] - marks["fit_start"]) + sum(b - a for a, b in zip(steps[:-1], starts[1:])) \
+        + (epoch_done - steps[-1])
+    return {"total": end - start, "startup": marks["fit_start"] - start, "compile": compile_s,
+            "training": training - compile_s, "epoch_analyses": analyses, "end_of_run": end - epoch_done}
+
+
+def main_job(overrides: list[str]) -> dict:
+    """``python -m tsdyn.train <overrides>`` in a new process (one torch thread, W&B offline), timed
+    by :class:`PhaseTimer`: :func:`phases` plus the step path taken."""
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_cfg(["logger=none", "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
-        module, trainer = build(cfg, Path(run_dir))
-        t = time.perf_counter()
-        trainer.fit(module)
-        ours = time.perf_counter() - t
-        x, teacher, epochs = module._train[0].cpu(), module.teacher.cpu(), cfg.epochs
-    authors = sum(bench_authors(teacher, cfg.student.width_mult, x, epochs - 1))
-    return (f"Main job (`python -m tsdyn.train`, 40 epochs, default callbacks): **{ours:.0f} s**; "
-            f"the authors' loop, training only, same 40 epochs: **{authors * epochs / (epochs - 1):.0f} s**.")
+        marks_file = Path(run_dir) / "phases.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), str(ROOT)]),
+               "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        cmd = [sys.executable, "-m", "tsdyn.train", *overrides, "trainer.enable_progress_bar=false",
+               f"hydra.run.dir={run_dir}/run", "+callbacks.zz_phases._target_=bench.PhaseTimer",
+               f"+callbacks.zz_phases.path={marks_file}"]
+        start = time.time()
+        subprocess.run(cmd, env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        end = time.time()
+        marks = json.loads(marks_file.read_text())
+        rows = [json.loads(line) for line in (Path(run_dir) / "run" / "metrics.jsonl").read_text().splitlines()]
+        compile_s = sum(r.get("time/compile_s", 0.0) for r in rows)
+        return {**phases(marks, start, end, compile_s), "path": marks["step_path"]}
+
+
+MAIN_JOBS = {  # name -> overrides of the 40-epoch main job
+    "main job (default: every analysis, W&B offline)": [],
+    "main job, autograd step (before the fused step)": ["step=autograd"],
+    "main job, callbacks=none logger=none": ["callbacks=none", "logger=none"],
+}
+
+
+def main_job_lines(epochs: int = 40, extra: list[str] | None = None) -> str:
+    """The main job's wall time split into phases, three ways (:data:`MAIN_JOBS`), each its own
+    process, and the authors' loop for the same epochs (training only, in this process)."""
+    extra = [f"epochs={epochs}", *(extra or [])]
+    times = {name: main_job([*overrides, *extra]) for name, overrides in MAIN_JOBS.items()}
+    cfg = compose_cfg([*extra, "run_dir=/tmp/unused"])
+    from hydra.utils import instantiate
+    data, teacher = instantiate(cfg.data), instantiate(cfg.teacher)
+    x = data.train_inputs(teacher.d, 0, "cpu")
+    authors = sum(bench_authors(teacher, cfg.student.width_mult, x, epochs - 1)) * epochs / (epochs - 1)
+    keys = ["total", "startup", "compile", "training", "epoch_analyses", "end_of_run"]
+    lines = [f"Main job ({epochs} epochs, `python -m tsdyn.train`, one process each), wall seconds:", "",
+             "| job | step | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
+    lines += [f"| {name} | {t['path']} | " + " | ".join(f"{t[k]:.1f}" for k in keys) + " |" for name, t in times.items()]
+    names = list(MAIN_JOBS)
+    total = {name: times[name]["total"] for name in names}
+    lines += ["", f"Default / callbacks=none logger=none: **{total[names[0]] / total[names[2]]:.2f}**; "
+                  f"default / autograd step: **{total[names[0]] / total[names[1]]:.2f}**; the authors' loop, "
+                  f"training only, same epochs: **{authors:.0f} s**."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
