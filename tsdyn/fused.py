@@ -99,12 +99,12 @@ def _add_(p: Tensor, g: Tensor, scale: Tensor | float) -> Tensor:
 
 def sgd_steps_(weights: list[Tensor], biases: list[Tensor], buffers: list[Tensor], xs: Tensor, ys: Tensor,
                lr: Tensor | float, loss_sum: Tensor, *, loss: str, output_relu: bool, momentum: float,
-               weight_decay: float, renormalize: str | None) -> None:
+               weight_decay: float, renormalize: str | None) -> Tensor:
     """``k`` SGD steps in place, on batches ``xs`` ``[k, B, d]`` with targets ``ys`` ``[k, B, D]``:
     ``torch.optim.SGD``'s update (``g += wd p``; ``buf = momentum buf + g``; ``p -= lr buf``;
     ``buffers``: one per weight then per bias, unused without momentum), then each layer's rows
-    normalised by :func:`~tsdyn.nets.normalize_rows` if ``renormalize``. Adds each step's
-    per-member losses to ``loss_sum`` ``[E]``."""
+    normalised by :func:`~tsdyn.nets.normalize_rows` if ``renormalize``. Returns ``loss_sum``
+    ``[E]`` plus each step's per-member losses (a new tensor: CUDA graphs need an output)."""
     single = weights[0].shape[0] == 1  # one member: 2-D views, the single-member kernels
     if single:
         weights, biases, buffers = [w[0] for w in weights], [b[0] for b in biases], [v[0] for v in buffers]
@@ -126,7 +126,8 @@ def sgd_steps_(weights: list[Tensor], biases: list[Tensor], buffers: list[Tensor
                 nw, nb = normalize_rows(w, b, renormalize)
                 w.copy_(nw)
                 b.copy_(nb)
-        loss_sum.add_(losses)
+        loss_sum = loss_sum + losses
+    return loss_sum
 
 
 def unsupported(student, optimizer: torch.optim.Optimizer) -> str | None:
@@ -158,55 +159,63 @@ def choose_path(mode: str, student, optimizer: torch.optim.Optimizer, steps: int
 
 class FusedSGD:
     """Fused SGD steps of ``student`` on its parameters and ``optimizer``'s momentum buffers, in
-    place, any number of steps per call. ``compile_steps`` k > 0: calls of k steps run through
-    torch.compile (inductor with its C++ wrapper: no Python between kernels), compiled at the first
-    such call; other calls, and every call if compilation fails (a warning says so), run the same
-    function eagerly. ``compile_seconds``: the time that compilation took."""
+    place, any number of steps per call; build it once the student is on its device and the
+    optimizer's state is loaded. ``compile_steps`` k > 0: calls of k steps run through
+    torch.compile (inductor; on the CPU with its C++ wrapper: no Python between kernels; with
+    ``cuda_graphs``, as one CUDA graph), compiled at the first such call; other calls, and every
+    call if compilation fails (a warning says so), run the same function eagerly.
+    ``compile_seconds``: the time that compilation took."""
 
     def __init__(self, student: ReLUNet, optimizer: torch.optim.SGD, loss: str,
-                 renormalize: str | None = None, compile_steps: int = 0):
+                 renormalize: str | None = None, compile_steps: int = 0, cuda_graphs: bool = False):
         reason = unsupported(student, optimizer)
         if reason:
             raise ValueError(f"the fused step cannot train this run: {reason}")
-        self.student, self.optimizer, self.compile_steps = student, optimizer, int(compile_steps)
+        self.optimizer, self.compile_steps = optimizer, int(compile_steps)
         group = optimizer.param_groups[0]
         self._step = partial(sgd_steps_, loss=loss, output_relu=student.output_relu, momentum=group["momentum"],
                              weight_decay=group["weight_decay"], renormalize=renormalize)
-        self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False,
-                                       options={"cpp_wrapper": True}) if self.compile_steps else None
+        # detached views: in-place updates reach the parameters, no autograd records them
+        self._weights = [w.detach() for w in student.weights]
+        self._biases = [b.detach() for b in student.biases]
+        self._buffers = []
+        if group["momentum"]:
+            # torch's SGD starts a buffer as the first gradient; 0 * momentum + g is that exactly
+            for p in (*student.weights, *student.biases):
+                state = optimizer.state[p]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self._buffers.append(state["momentum_buffer"])
+        self._compiled = None
+        if self.compile_steps and cuda_graphs:
+            for t in (*self._weights, *self._biases, *self._buffers):
+                torch._dynamo.mark_static_address(t)  # updated in place inside the graph
+            self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False, mode="reduce-overhead")
+        elif self.compile_steps:
+            self._compiled = torch.compile(self._step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
         self._ready = False  # compiled already
         self.compile_seconds = 0.0
 
-    def _tensors(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        params = [p.detach() for p in (*self.student.weights, *self.student.biases)]
-        buffers = []
-        if self.optimizer.param_groups[0]["momentum"]:
-            # torch's SGD starts a buffer as the first gradient; 0 * momentum + g is that exactly
-            for p in (*self.student.weights, *self.student.biases):
-                state = self.optimizer.state[p]
-                if state.get("momentum_buffer") is None:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buffers.append(state["momentum_buffer"])
-        n = len(self.student.weights)
-        return params[:n], params[n:], buffers
-
     def __call__(self, xs: Tensor, ys: Tensor, loss_sum: Tensor) -> None:
         """``xs`` ``[k, B, d]``, ``ys`` ``[k, B, D]``: k steps; their losses added to ``loss_sum`` ``[E]``."""
-        weights, biases, buffers = self._tensors()
         lr = self.optimizer.param_groups[0]["lr"]
         if self._compiled is None or xs.shape[0] != self.compile_steps:
-            return self._step(weights, biases, buffers, xs, ys, lr, loss_sum)
-        args = (weights, biases, buffers, xs, ys, torch.tensor(lr, dtype=xs.dtype, device=xs.device), loss_sum)
+            loss_sum.copy_(self._step(self._weights, self._biases, self._buffers, xs, ys, lr, loss_sum))
+            return
+        args = (self._weights, self._biases, self._buffers, xs, ys,
+                torch.tensor(lr, dtype=xs.dtype, device=xs.device), loss_sum)
         if self._ready:
-            return self._compiled(*args)
+            loss_sum.copy_(self._compiled(*args))
+            return
         start = time.perf_counter()
         try:
-            self._compiled(*args)
+            total = self._compiled(*args)
         except Exception as err:  # noqa: BLE001 - no compiler, unsupported backend ...: run eagerly
             log.warning("tsdyn: compiling the fused step failed (%s: %s); running it uncompiled",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             self._compiled = None
-            return self._step(*args)
+            return self(xs, ys, loss_sum)
+        loss_sum.copy_(total)
         self._ready = True
         self.compile_seconds = time.perf_counter() - start
         log.info("tsdyn: fused step compiled in %.1f s", self.compile_seconds)
