@@ -176,3 +176,9 @@ def test_students_on_the_pretrained_teacher_log_matching_accuracy_agreement(imag
     for i, (acc_i, agree_i) in enumerate(zip(accuracy(out, labels), accuracy(out, predict(teacher, x)[0].argmax(-1)))):
         assert acc[-1][f"eval/accuracy/s{i}"] == pytest.approx(acc_i.item(), abs=1e-7)
         assert acc[-1][f"eval/agreement/s{i}"] == pytest.approx(agree_i.item(), abs=1e-7)
+
+
+def test_pretraining_refuses_projected_sgd(images_root, tmp_path):
+    cfg = pretrain_cfg(images_root, tmp_path, "optimizer.renormalize=weight")
+    with pytest.raises(ConfigError, match=r"optimizer.renormalize='weight' is not allowed: expected null"):
+        validate_pretrain(cfg)
