@@ -215,7 +215,7 @@ def main() -> None:
     header = ("| width_mult | variant | steps/s | student-steps/s | GFLOP/s | % of GEMM | spread |\n"
               "|---:|---|---:|---:|---:|---:|---:|")
     lines.append(header)
-    ratios = []
+    ratios, results, flops_of = [], {}, {}
     for wm in args.widths:
         cfg = compose_cfg([f"student.width_mult={wm}", "run_dir=/tmp/unused"])
         from hydra.utils import instantiate
@@ -225,6 +225,7 @@ def main() -> None:
         with torch.no_grad():
             y = teacher(x)[0][0]
         flops = step_flops(teacher.d, [k * wm for k in teacher.ks], teacher.d_out)
+        flops_of[wm] = flops
         ensembles = [e for e in args.ensembles if e * flops <= args.max_gflop_per_step * 1e9]
         res = {"(a) plain": fmt(bench_plain(teacher, wm, x, y, args.epochs), steps),
                "(b) authors": fmt(bench_authors(teacher, wm, x, args.epochs), steps),
@@ -238,6 +239,7 @@ def main() -> None:
             gf = r["student_steps_s"] * flops / 1e9
             lines.append((wm, name, r, gf))
             print(f"| {wm} | {name} | {r['steps_s']:.0f} | {r['student_steps_s']:.0f} | {gf:.1f} |", flush=True)
+        results[wm] = res
         c, e1 = res["(c) tsdyn"]["steps_s"], res["(e) tsdyn E=1"]["student_steps_s"]
         ratios.append(f"| {wm} | {c / res['(a) plain']['steps_s']:.2f} | {c / res['(b) authors']['steps_s']:.2f} | "
                       f"{res['(d) tsdyn + callbacks']['steps_s'] / c:.2f} | "
@@ -255,12 +257,31 @@ def main() -> None:
     lines += ["", "Same-run ratios (student-steps/s relative to E=1 for the ensembles):", "",
               "| width_mult | (c)/(a) | (c)/(b) | (d)/(c) | " + " | ".join(f"E={e}" for e in args.ensembles) + " |",
               "|---:|---:|---:|---:|" + "---:|" * len(args.ensembles), *ratios]
+    lines += fused_lines(results, gemm, flops_of)
     if args.main_job:
         lines += ["", main_job_lines(args.main_job_epochs)]
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+
+
+def fused_lines(results: dict, gemm: float, flops_of: dict) -> list[str]:
+    """The fused step's same-run ratios per width (against (a), (b), (c); ensembles: % of the GEMM
+    rate and student-steps/s over the authors' steps/s) and the compilation times of this run."""
+    lines = ["", "Fused step, same-run ratios (student-steps/s over the named variant's steps/s):", "",
+             "| width_mult | variant | / (a) plain | / (b) authors | / (c) autograd | % of GEMM |", "|---:|---|---:|---:|---:|---:|"]
+    for wm, res in results.items():
+        for name, r in res.items():
+            if name[:3] in ("(f)", "(g)", "(h)"):
+                ss = r["student_steps_s"]
+                lines.append(f"| {wm} | {name} | {ss / res['(a) plain']['steps_s']:.2f} | "
+                             f"{ss / res['(b) authors']['steps_s']:.2f} | {ss / res['(c) tsdyn']['steps_s']:.2f} | "
+                             f"{100 * ss * flops_of[wm] / 1e9 / gemm:.0f}% |")
+    if COMPILE_TIMES:
+        lines += ["", "Compilation (first call, in the warm-up epoch): " + "; ".join(
+            f"{name} {sec:.1f} s" for name, sec in COMPILE_TIMES.items()) + "."]
+    return lines
 
 
 class PhaseTimer(pl.Callback):
