@@ -177,11 +177,11 @@ def test_compiled_step_equals_eager_and_learning_rate_changes_do_not_recompile()
     sums = torch.zeros(2), torch.zeros(2)
     for i in range(0, steps, chunk):
         xs, ys = x[i * batch:(i + chunk) * batch].view(chunk, batch, 5), y[i * batch:(i + chunk) * batch].view(chunk, batch, 4)
-        eager(xs, ys, sums[0])
         if i == chunk:  # compiled already: a new learning rate (the lr schedule) must not recompile
             torch.compiler.set_stance("fail_on_recompile")
             for opt in opts:
                 opt.param_groups[0]["lr"] = 0.01
+        eager(xs, ys, sums[0])
         try:
             compiled(xs, ys, sums[1])
         finally:
