@@ -159,7 +159,7 @@ class TeacherStudent(pl.LightningModule):
         count optimizer steps. The position in the epoch comes from ``global_step`` (every epoch has
         the same steps), so a call resumed from a checkpoint taken inside it goes on where it stopped.
         A non-finite loss (:class:`Diverged`) or a signal (``stop_signal``: :class:`Interrupted`)
-        ends training after the current step."""
+        ends training after the current step (the fused step: after the current ``fused_chunk``)."""
         bs, steps = self.data.batch_size, self.data.steps_per_epoch()
         first = self.global_step - self.current_epoch * steps
         last = min((first // self.steps_per_call + 1) * self.steps_per_call, steps)

@@ -59,7 +59,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     module = TeacherStudent(teacher, student, data, instantiate(opt_cfg), lr_schedule, renormalize=renormalize,
                             loss=cfg.loss, steps_per_call=cfg.steps_per_call,
                             log_every_n_steps=cfg.log_every_n_steps, recorder=Recorder(run_dir),
-                            step=cfg.step, fused_chunk=cfg.fused_chunk)
+                            # .get: a resumed run's config may predate these keys
+                            step=cfg.get("step", "auto"), fused_chunk=cfg.get("fused_chunk", 1))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if run_dir is not None:
         callbacks.append(CheckpointOnInterrupt(run_dir))
