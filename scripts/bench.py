@@ -180,6 +180,119 @@ def bench_fused(wm: int, args, steps: int, flops: float) -> dict:
     return res
 
 
+def step_burst(variant: str, teacher, width_mult: int, x, y, members: int = 1, chunk: int = 1):
+    """A function ``burst(n)`` running the next ``n`` training steps of ``variant`` (for the
+    interleaved timing), the data handling of each loop included: ``plain`` and ``authors`` as in
+    (a) and (b); ``autograd`` tsdyn's autograd step (ReLUNet, ``per_student_loss``, the torch
+    optimizer, slices of the epoch's in-memory tensors); ``fused`` and ``compiled`` the fused step
+    on the same slices, ``chunk`` steps per call (compiled at the first call, before any timing)."""
+    from tsdyn.fused import FusedSGD
+    from tsdyn.module import per_student_loss
+    from tsdyn.nets import make_student
+    n_batches = len(x) // BS
+    pos = [0]
+
+    def batches(n):  # the first of the next n batches of the epoch (from the start when too few are left)
+        i = pos[0] if pos[0] + n <= n_batches else 0
+        pos[0] = i + n
+        return i
+    if variant in ("plain", "authors"):
+        student = plain_net(teacher.d, [k * width_mult for k in teacher.ks], teacher.d_out)
+        opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    if variant == "plain":
+        def burst(n):
+            i = batches(n)
+            for xi, yi in zip(x[i * BS:(i + n) * BS].split(BS), y[i * BS:(i + n) * BS].split(BS)):
+                loss = nn.functional.mse_loss(student(xi), yi)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return burst
+    if variant == "authors":
+        t_net, loss_func = teacher_as_plain(teacher), nn.MSELoss()
+        loader = DataLoader(TensorDataset(x), batch_size=BS, shuffle=True, num_workers=0, drop_last=True)
+        it = [iter(loader)]
+
+        def burst(n):
+            for _ in range(n):
+                try:
+                    (xi,) = next(it[0])
+                except StopIteration:
+                    it[0] = iter(loader)
+                    (xi,) = next(it[0])
+                opt.zero_grad()
+                err = loss_func(student(xi), t_net(xi).detach())
+                if torch.isnan(err).item():
+                    raise RuntimeError("nan")
+                err.backward()
+                opt.step()
+        return burst
+    student = make_student(teacher, width_mult, members)
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    loss_sum = torch.zeros(members)
+    if variant == "autograd":
+        def burst(n):
+            i = batches(n)
+            for j in range(i, i + n):
+                losses = per_student_loss(student(x[j * BS:(j + 1) * BS])[0], y[j * BS:(j + 1) * BS], "mse")
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+                loss_sum.add_(losses.detach())
+        return burst
+    fused = FusedSGD(student, opt, "mse", compile_steps=chunk if variant == "compiled" else 0)
+
+    def burst(n):
+        i = batches(n)
+        for j in range(i, i + n - n % chunk, chunk):
+            fused(x[j * BS:(j + chunk) * BS].view(chunk, BS, -1), y[j * BS:(j + chunk) * BS].view(chunk, BS, -1),
+                  loss_sum)
+    start = time.perf_counter()
+    burst(chunk)  # compiles
+    if variant == "compiled":
+        COMPILE_TIMES[f"width_mult {width_mult} compiled E={members} k={chunk}"] = time.perf_counter() - start
+    return burst
+
+
+INTERLEAVED = [("plain", 1, 1), ("authors", 1, 1), ("autograd", 1, 1), ("fused", 1, 1), ("compiled", 1, 1)]
+
+
+def interleaved_lines(args, gemm: float) -> list[str]:
+    """Per width: the variants of :data:`INTERLEAVED`, ``compiled`` at every ``args.chunks``, and
+    the ``args.compiled_ensembles`` (autograd and compiled) timed in rounds: each round runs
+    ``args.burst`` steps of every variant in turn, so a change of the machine's load hits all
+    alike; the median over ``args.rounds`` rounds (the first dropped) gives each rate."""
+    lines = ["", f"Interleaved step timing ({args.rounds} rounds of {args.burst} steps per variant, median; "
+                 "the training loop alone, data handling included, no Lightning, no epoch-end work):", "",
+             "| width_mult | variant | E | k | steps/s | student-steps/s | % of GEMM | / (a) plain | / (b) authors "
+             "| / autograd (same E) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for wm in args.compiled_widths:
+        cfg = compose_cfg([f"student.width_mult={wm}", "run_dir=/tmp/unused"])
+        from hydra.utils import instantiate
+        data, teacher = instantiate(cfg.data), instantiate(cfg.teacher)
+        x = data.sample(args.n_train, teacher.d, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y = teacher(x)[0][0]
+        flops = step_flops(teacher.d, [k * wm for k in teacher.ks], teacher.d_out)
+        ens = [int(pair.split(":")[1]) for pair in args.compiled_ensembles if int(pair.split(":")[0]) == wm]
+        specs = [*INTERLEAVED, *[("compiled", 1, k) for k in args.chunks],
+                 *[(v, e, 1) for e in ens for v in ("autograd", "compiled")]]
+        bursts = [step_burst(v, teacher, wm, x, y, e, k) for v, e, k in specs]
+        times = [[] for _ in specs]
+        for _ in range(args.rounds + 1):
+            for burst, t in zip(bursts, times):
+                start = time.perf_counter()
+                burst(args.burst)
+                t.append((time.perf_counter() - start) / args.burst)
+        rate = {spec: 1 / statistics.median(t[1:]) for spec, t in zip(specs, times)}
+        for (v, e, k), r in rate.items():
+            lines.append(f"| {wm} | {v} | {e} | {k} | {r:.0f} | {e * r:.0f} | {100 * e * r * flops / 1e9 / gemm:.0f}% | "
+                         f"{e * r / rate[('plain', 1, 1)]:.2f} | {e * r / rate[('authors', 1, 1)]:.2f} | "
+                         f"{r / rate[('autograd', e, 1)]:.2f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def fmt(times: list[float], steps: int, students: int = 1) -> dict:
     med = statistics.median(times)
     return {"steps_s": steps / med, "student_steps_s": students * steps / med,
@@ -198,6 +311,10 @@ def main() -> None:
                    help="width_mult:E pairs also timed with the compiled fused step (h)")
     p.add_argument("--chunks", type=int, nargs="+", default=[5],
                    help="steps per compiled call timed besides 1 (fused_chunk)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="only the interleaved step timing (the --compiled-widths), not the per-epoch table")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    p.add_argument("--burst", type=int, default=100, help="steps per variant and round (interleaved)")
     p.add_argument("--max-gflop-per-step", type=float, default=4.0,
                    help="skip ensembles whose step exceeds this (e.g. E=64 at width_mult 50)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -216,7 +333,7 @@ def main() -> None:
               "|---:|---|---:|---:|---:|---:|---:|")
     lines.append(header)
     ratios, results, flops_of = [], {}, {}
-    for wm in args.widths:
+    for wm in ([] if args.interleaved else args.widths):
         cfg = compose_cfg([f"student.width_mult={wm}", "run_dir=/tmp/unused"])
         from hydra.utils import instantiate
         data = instantiate(cfg.data)
@@ -254,10 +371,16 @@ def main() -> None:
     lines = [line if isinstance(line, str) else
              f"| {line[0]} | {line[1]} | {line[2]['steps_s']:.0f} | {line[2]['student_steps_s']:.0f} | "
              f"{line[3]:.1f} | {100 * line[3] / gemm:.0f}% | {100 * line[2]['spread']:.0f}% |" for line in lines]
-    lines += ["", "Same-run ratios (student-steps/s relative to E=1 for the ensembles):", "",
-              "| width_mult | (c)/(a) | (c)/(b) | (d)/(c) | " + " | ".join(f"E={e}" for e in args.ensembles) + " |",
-              "|---:|---:|---:|---:|" + "---:|" * len(args.ensembles), *ratios]
-    lines += fused_lines(results, gemm, flops_of)
+    if args.interleaved:
+        lines = lines[:2]
+    else:
+        lines += ["", "Same-run ratios (student-steps/s relative to E=1 for the ensembles):", "",
+                  "| width_mult | (c)/(a) | (c)/(b) | (d)/(c) | " + " | ".join(f"E={e}" for e in args.ensembles) + " |",
+                  "|---:|---:|---:|---:|" + "---:|" * len(args.ensembles), *ratios]
+        lines += fused_lines(results, gemm, flops_of)
+    lines += interleaved_lines(args, gemm)
+    lines += ["", "Compilation (first call; inductor's on-disk cache makes a second run's shorter): " + "; ".join(
+        f"{name} {sec:.1f} s" for name, sec in COMPILE_TIMES.items()) + "."]
     if args.main_job:
         lines += ["", main_job_lines(args.main_job_epochs)]
     text = "\n".join(lines)
@@ -278,9 +401,6 @@ def fused_lines(results: dict, gemm: float, flops_of: dict) -> list[str]:
                 lines.append(f"| {wm} | {name} | {ss / res['(a) plain']['steps_s']:.2f} | "
                              f"{ss / res['(b) authors']['steps_s']:.2f} | {ss / res['(c) tsdyn']['steps_s']:.2f} | "
                              f"{100 * ss * flops_of[wm] / 1e9 / gemm:.0f}% |")
-    if COMPILE_TIMES:
-        lines += ["", "Compilation (first call, in the warm-up epoch): " + "; ".join(
-            f"{name} {sec:.1f} s" for name, sec in COMPILE_TIMES.items()) + "."]
     return lines
 
 
