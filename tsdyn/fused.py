@@ -32,8 +32,8 @@ log = logging.getLogger("tsdyn")
 
 STEP_MODES = ("auto", "compiled", "fused", "autograd")
 # auto compiles the fused step when a run has at least this many optimizer steps: below it the
-# compilation (about 20 s cold, 3 s from inductor's on-disk cache, 2-core machine) costs more than
-# it saves (docs/BENCHMARKS.md, "Compilation").
+# compilation (tens of seconds cold, a few from inductor's on-disk cache, 2-core machine) costs
+# more than it saves (docs/BENCHMARKS.md, "Compilation").
 COMPILE_MIN_STEPS = 20_000
 
 
