@@ -476,7 +476,10 @@ def main_job_lines(epochs: int = 40, extra: list[str] | None = None) -> str:
     """The main job's wall time split into phases, three ways (:data:`MAIN_JOBS`), each its own
     process, and the authors' loop for the same epochs (training only, in this process)."""
     extra = [f"epochs={epochs}", *(extra or [])]
-    times = {name: main_job([*overrides, *extra]) for name, overrides in MAIN_JOBS.items()}
+    def merged(overrides):  # a job's own overrides win over extra's for the same key
+        own = {o.split("=")[0] for o in overrides}
+        return [*overrides, *(e for e in extra if e.split("=")[0] not in own)]
+    times = {name: main_job(merged(overrides)) for name, overrides in MAIN_JOBS.items()}
     cfg = compose_cfg([*extra, "run_dir=/tmp/unused"])
     from hydra.utils import instantiate
     data, teacher = instantiate(cfg.data), instantiate(cfg.teacher)
