@@ -286,7 +286,8 @@ def interleaved_lines(args, gemm: float) -> list[str]:
                 t.append((time.perf_counter() - start) / args.burst)
         rate = {spec: 1 / statistics.median(t[1:]) for spec, t in zip(specs, times)}
         for (v, e, k), r in rate.items():
-            lines.append(f"| {wm} | {v} | {e} | {k} | {r:.0f} | {e * r:.0f} | {100 * e * r * flops / 1e9 / gemm:.0f}% | "
+            gemm_pct = 100 * e * r * flops / 1e9 / gemm
+            lines.append(f"| {wm} | {v} | {e} | {k} | {r:.0f} | {e * r:.0f} | {gemm_pct:.0f}% | "
                          f"{e * r / rate[('plain', 1, 1)]:.2f} | {e * r / rate[('authors', 1, 1)]:.2f} | "
                          f"{r / rate[('autograd', e, 1)]:.2f} |")
             print(lines[-1], flush=True)
@@ -393,7 +394,8 @@ def fused_lines(results: dict, gemm: float, flops_of: dict) -> list[str]:
     """The fused step's same-run ratios per width (against (a), (b), (c); ensembles: % of the GEMM
     rate and student-steps/s over the authors' steps/s) and the compilation times of this run."""
     lines = ["", "Fused step, same-run ratios (student-steps/s over the named variant's steps/s):", "",
-             "| width_mult | variant | / (a) plain | / (b) authors | / (c) autograd | % of GEMM |", "|---:|---|---:|---:|---:|---:|"]
+             "| width_mult | variant | / (a) plain | / (b) authors | / (c) autograd | % of GEMM |",
+             "|---:|---|---:|---:|---:|---:|"]
     for wm, res in results.items():
         for name, r in res.items():
             if name[:3] in ("(f)", "(g)", "(h)"):
@@ -488,7 +490,8 @@ def main_job_lines(epochs: int = 40, extra: list[str] | None = None) -> str:
     keys = ["total", "startup", "compile", "training", "epoch_analyses", "end_of_run"]
     lines = [f"Main job ({epochs} epochs, `python -m tsdyn.train`, one process each), wall seconds:", "",
              "| job | step | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
-    lines += [f"| {name} | {t['path']} | " + " | ".join(f"{t[k]:.1f}" for k in keys) + " |" for name, t in times.items()]
+    lines += [f"| {name} | {t['path']} | " + " | ".join(f"{t[k]:.1f}" for k in keys) + " |"
+              for name, t in times.items()]
     names = list(MAIN_JOBS)
     total = {name: times[name]["total"] for name in names}
     lines += ["", f"Default / callbacks=none logger=none: **{total[names[0]] / total[names[2]]:.2f}**; "

@@ -176,7 +176,8 @@ def test_compiled_step_equals_eager_and_learning_rate_changes_do_not_recompile()
     eager, compiled = FusedSGD(ref, opts[0], "mse", "fan_in"), FusedSGD(net, opts[1], "mse", "fan_in", chunk)
     sums = torch.zeros(2), torch.zeros(2)
     for i in range(0, steps, chunk):
-        xs, ys = x[i * batch:(i + chunk) * batch].view(chunk, batch, 5), y[i * batch:(i + chunk) * batch].view(chunk, batch, 4)
+        rows = slice(i * batch, (i + chunk) * batch)
+        xs, ys = x[rows].view(chunk, batch, 5), y[rows].view(chunk, batch, 4)
         if i == chunk:  # compiled already: a new learning rate (the lr schedule) must not recompile
             torch.compiler.set_stance("fail_on_recompile")
             for opt in opts:

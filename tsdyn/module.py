@@ -159,7 +159,7 @@ class TeacherStudent(pl.LightningModule):
         count optimizer steps. The position in the epoch comes from ``global_step`` (every epoch has
         the same steps), so a call resumed from a checkpoint taken inside it goes on where it stopped.
         A non-finite loss (:class:`Diverged`) or a signal (``stop_signal``: :class:`Interrupted`)
-        ends training after the current step (the fused step: after the current ``fused_chunk``)."""
+        ends training after the current step (a fused chunk already under way is finished first)."""
         bs, steps = self.data.batch_size, self.data.steps_per_epoch()
         first = self.global_step - self.current_epoch * steps
         last = min((first // self.steps_per_call + 1) * self.steps_per_call, steps)
@@ -167,8 +167,10 @@ class TeacherStudent(pl.LightningModule):
         step, i = step0, first
         try:
             while i < last:
-                # a fused chunk never crosses a log boundary: the loss is flushed where it would be
-                n = min(self._chunk, last - i, self.log_every - step % self.log_every)
+                # a fused chunk never crosses a log boundary (the loss is flushed where it would be);
+                # after a signal, one step only: training ends after the step under way, as without chunks
+                n = 1 if self.stop_signal is not None else \
+                    min(self._chunk, last - i, self.log_every - step % self.log_every)
                 self._take_steps(x[i * bs:(i + n) * bs], y[i * bs:(i + n) * bs], n, loss_sum)
                 i, step = i + n, step + n
                 if step % self.log_every == 0:
