@@ -107,7 +107,11 @@ class TeacherStudent(pl.LightningModule):
         self.optimizer_factory, self.lr_schedule = optimizer, dict(lr_schedule or {})
         self.loss_kind, self.steps_per_call, self.log_every = loss, int(steps_per_call), int(log_every_n_steps)
         self.recorder = recorder or Recorder(None)
-        self.renormalize = renormalize  # None, or normalize_rows' ``by``: projected SGD
+        # projected SGD (None, or normalize_rows' ``by``): the student starts on the sphere (projected
+        # here, as the authors normalise before training) and is projected after every optimizer step
+        self.renormalize = renormalize
+        if renormalize:
+            renormalize_(student, renormalize)
         self.step_mode, self.fused_chunk = step, int(fused_chunk)  # tsdyn.fused.choose_path
         self.step_path = "autograd"  # the path training takes (set at the start of training)
         self._fused: FusedSGD | None = None
