@@ -5,12 +5,13 @@ import torch
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
+from tsdyn.build import build
 from tsdyn.config import ConfigError, validate
 from tsdyn.fused import COMPILE_MIN_STEPS, FusedSGD, backward, choose_path, forward, loss_and_grad
 from tsdyn.module import per_student_loss
 from tsdyn.nets import ReLUNet, renormalize_
-from tsdyn.recorder import read_metrics
-from tsdyn.train import build, run
+from tsdyn.runfolder.reader import read_metrics
+from tsdyn.train import run
 
 
 def net_and_data(members, output_relu=False, steps=4, seed=0):
@@ -110,6 +111,9 @@ def test_choose_path():
         choose_path("compiled", bn_net, torch.optim.SGD(bn_net.parameters(), lr=0.1), 1)
     nesterov = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     assert choose_path("auto", net, nesterov, 1) == "autograd"
+    assert choose_path("auto", net, sgd, 10**9, clipped=True) == "autograd"
+    with pytest.raises(ValueError, match="clip"):
+        choose_path("fused", net, sgd, 1, clipped=True)
 
 
 def test_config_refuses_fused_step_where_it_does_not_apply(small_cfg):
@@ -118,6 +122,8 @@ def test_config_refuses_fused_step_where_it_does_not_apply(small_cfg):
         validate(small_cfg("step=fused", "student.bn=after_relu"))
     with pytest.raises(ConfigError, match="step='compiled' is not allowed.*SGD"):
         validate(small_cfg("step=compiled", "optimizer=adam"))
+    with pytest.raises(ConfigError, match="step='fused' is not allowed.*gradient clipping"):
+        validate(small_cfg("step=fused", "trainer.gradient_clip_val=1.0"))
     with pytest.raises(ConfigError, match="step='fast'"):
         validate(small_cfg("step=fast"))
     with pytest.raises(ConfigError, match="fused_chunk=0"):

@@ -19,8 +19,11 @@ from tsdyn.metrics.pruning import prune_, prune_smallest_fanout_
 from tsdyn.nets import (ConvReLUNet, ReLUNet, calibrate_bn_, load_teacher, make_student, predict,
                         read_teacher_file, save_teacher)
 from tsdyn.pretrain_teacher import pretrain, remove_nodes_, validate_pretrain
-from tsdyn.recorder import read_metrics
-from tsdyn.train import build_teacher, run
+from tsdyn.runfolder.reader import read_metrics
+from tsdyn.build import build_teacher
+from tsdyn.train import run
+
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 SMALL_TEACHER = ["teacher=conv", "teacher.ks=[4,6]", "data.n_train=800", "data.n_eval=40", "data.crop_padding=1",
                  "data.hflip=false", "optimizer.lr=0.05"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.multiruns import multirun
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.report import FIGURES, band, main, top_sorted, write_report
 
 KT = [3, 4]          # teacher hidden widths of the synthetic runs (layer 0 lowest)
@@ -85,6 +85,7 @@ def synthetic(tmp_path):
     return tmp_path, finals
 
 
+@pytest.mark.slow  # draws and saves every figure
 def test_report_writes_every_figure_and_the_table_matches(synthetic):
     folder, finals = synthetic
     path = write_report(folder)
@@ -104,6 +105,7 @@ def test_report_writes_every_figure_and_the_table_matches(synthetic):
     assert "| 4 | diverged | diverged at step 15 |" in md
 
 
+@pytest.mark.slow  # draws and saves every figure
 def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic):
     folder, _ = synthetic
     md = write_report(folder).read_text()
@@ -137,6 +139,7 @@ def test_top_sorted_and_band():
     assert band([np.array([1.0, np.nan]), np.array([3.0])])[:4] == (2.0, 1.0, 3.0, 2)
 
 
+@pytest.mark.slow
 def test_report_on_a_real_multirun(tmp_path):
     res = multirun(tmp_path, "logger=none", "epochs=2", "student.num_students=2", "student.bn=after_relu",
                    "callbacks.theory=null", "student.width_mult=1,2")

@@ -142,14 +142,17 @@ def unsupported(student, optimizer: torch.optim.Optimizer) -> str | None:
     return None
 
 
-def choose_path(mode: str, student, optimizer: torch.optim.Optimizer, steps: int) -> str:
+def choose_path(mode: str, student, optimizer: torch.optim.Optimizer, steps: int, clipped: bool = False) -> str:
     """The training step a run takes, ``compiled``, ``fused`` or ``autograd``, for ``mode`` (one of
-    :data:`STEP_MODES`) and a run of ``steps`` optimizer steps: ``auto`` takes the fused step where it
-    covers the run, compiled from :data:`COMPILE_MIN_STEPS` steps on; ``fused`` and ``compiled``
-    raise ``ValueError`` where it does not."""
+    :data:`STEP_MODES`) and a run of ``steps`` optimizer steps (``clipped``: with gradient clipping,
+    which the fused step does not do): ``auto`` takes the fused step where it covers the run,
+    compiled from :data:`COMPILE_MIN_STEPS` steps on; ``fused`` and ``compiled`` raise
+    ``ValueError`` where it does not."""
     if mode not in STEP_MODES:
         raise ValueError(f"step={mode!r}: allowed {STEP_MODES}")
     reason = None if mode == "autograd" else unsupported(student, optimizer)
+    if mode != "autograd" and clipped:
+        reason = "it does not clip gradients"
     if mode == "auto":
         return "autograd" if reason else ("compiled" if steps >= COMPILE_MIN_STEPS else "fused")
     if reason:
