@@ -123,7 +123,7 @@ def test_config_refuses_fused_step_where_it_does_not_apply(small_cfg):
     with pytest.raises(ConfigError, match="step='compiled' is not allowed.*SGD"):
         validate(small_cfg("step=compiled", "optimizer=adam"))
     with pytest.raises(ConfigError, match="step='fused' is not allowed.*gradient clipping"):
-        validate(small_cfg("step=fused", "trainer.gradient_clip_val=1.0"))
+        validate(small_cfg("step=fused", "+trainer.gradient_clip_val=1.0"))
     with pytest.raises(ConfigError, match="step='fast'"):
         validate(small_cfg("step=fast"))
     with pytest.raises(ConfigError, match="fused_chunk=0"):
