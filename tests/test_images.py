@@ -158,9 +158,14 @@ def test_teacher_data_input_mismatch_is_a_config_error(fmnist_root, overrides, n
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
-def test_conv_teacher_needs_image_data():
-    with pytest.raises(ConfigError, match=r"teacher.d=None is not allowed: .*image shape \[C, H, W\]"):
-        validate(compose_cfg(["teacher=conv", "data=gaussian", "~callbacks.theory"]))
+def test_conv_teacher_on_gaussian_data_reads_image_shaped_inputs(tmp_path):
+    """The authors' --use_cnn on Gaussian data: inputs of shape (1, 16, 16); a shape must have 3 axes."""
+    cfg = compose_cfg(["teacher=conv", "data=gaussian", "~callbacks.theory"], tmp_path)
+    validate(cfg)
+    assert list(cfg.teacher.d) == [1, 16, 16]
+    bad = compose_cfg(["teacher=conv", "data=gaussian", "teacher.d=[16,16]", "~callbacks.theory"], tmp_path)
+    with pytest.raises(ConfigError, match=r"teacher.d=\[16, 16\] is not allowed: .*input shape \[C, H, W\]"):
+        validate(bad)
 
 
 def test_pretrained_teacher_of_other_images_is_refused(fmnist_root):
