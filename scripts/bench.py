@@ -9,15 +9,26 @@ reported as same-run ratios (absolute speeds vary with the machine and its load)
   (c) tsdyn    tsdyn's real path: TeacherStudent + pl.Trainer, callbacks off
   (d) +cb      the same with the default callbacks (all analyses at their default frequency)
   (e) E=k      tsdyn with k students at once (``student.num_students=k``)
+  (f) fused    tsdyn's fused step, uncompiled (``step=fused``)
+  (g) compiled tsdyn's fused step compiled (``step=compiled``), one step per call or ``k`` (``fused_chunk=k``)
+  (h) compiled E=k  the compiled fused step with k students at once
+
+(c) and (e) take the autograd step (``step=autograd``). Compilation happens in the warm-up epoch;
+its time is reported beside the table (inductor caches it on disk: a second run pays less).
 
 Usage: ``make bench`` or ``python scripts/bench.py [--widths 10 1 50] [--epochs 3] [--out docs/BENCHMARKS.md]``.
-``--main-job`` also times the default main job (40 epochs) against the authors' loop for 40 epochs.
+``--main-job`` also times the default main job (40 epochs) split into startup, compilation,
+training, per-epoch analyses and end-of-run work, beside the same job with ``step=autograd`` and
+with ``callbacks=none logger=none`` (each a ``python -m tsdyn.train`` process), and the authors' loop.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,16 +147,151 @@ class EpochTimer(pl.Callback):
         return [b - a for a, b in zip(self.marks[:-1], self.marks[1:])][1:]
 
 
-def bench_tsdyn(width_mult, n_train, epochs, callbacks: str, num_students: int = 1) -> list[float]:
+COMPILE_TIMES: dict[str, float] = {}  # variant -> seconds its compilation took in this run
+
+
+def bench_tsdyn(width_mult, n_train, epochs, callbacks: str, num_students: int = 1, step: str = "autograd",
+                chunk: int = 1, name: str = "") -> list[float]:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_cfg([f"student.width_mult={width_mult}", f"student.num_students={num_students}",
                            f"data.n_train={n_train}", f"epochs={epochs + 2}", f"callbacks={callbacks}",
+                           f"step={step}", f"fused_chunk={chunk}",
                            "logger=none", "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
         module, trainer = build(cfg, Path(run_dir) if callbacks != "none" else None)
         timer = EpochTimer()
         trainer.callbacks.append(timer)
         trainer.fit(module)
+        if module._fused is not None and module._fused.compile_seconds:
+            COMPILE_TIMES[f"width_mult {width_mult} {name}"] = module._fused.compile_seconds
         return timer.epochs()
+
+
+def bench_fused(wm: int, args, steps: int, flops: float) -> dict:
+    """(f) the uncompiled fused step, (g) the compiled one at 1 and ``args.chunks`` steps per call,
+    (h) the compiled one with the ensembles ``args.compiled_ensembles`` names for this width."""
+    res = {"(f) fused": fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", step="fused"), steps)}
+    for k in [1, *args.chunks]:
+        name = "(g) compiled" + (f" k={k}" if k > 1 else "")
+        res[name] = fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", step="compiled", chunk=k, name=name),
+                        steps)
+    for e in [int(pair.split(":")[1]) for pair in args.compiled_ensembles if int(pair.split(":")[0]) == wm]:
+        name = f"(h) compiled E={e}"
+        res[name] = fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", e, step="compiled", name=name), steps, e)
+    return res
+
+
+def step_burst(variant: str, teacher, width_mult: int, x, y, members: int = 1, chunk: int = 1):
+    """A function ``burst(n)`` running the next ``n`` training steps of ``variant`` (for the
+    interleaved timing), the data handling of each loop included: ``plain`` and ``authors`` as in
+    (a) and (b); ``autograd`` tsdyn's autograd step (ReLUNet, ``per_student_loss``, the torch
+    optimizer, slices of the epoch's in-memory tensors); ``fused`` and ``compiled`` the fused step
+    on the same slices, ``chunk`` steps per call (compiled at the first call, before any timing)."""
+    from tsdyn.fused import FusedSGD
+    from tsdyn.module import per_student_loss
+    from tsdyn.nets import make_student
+    n_batches = len(x) // BS
+    pos = [0]
+
+    def batches(n):  # the first of the next n batches of the epoch (from the start when too few are left)
+        i = pos[0] if pos[0] + n <= n_batches else 0
+        pos[0] = i + n
+        return i
+    if variant in ("plain", "authors"):
+        student = plain_net(teacher.d, [k * width_mult for k in teacher.ks], teacher.d_out)
+        opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    if variant == "plain":
+        def burst(n):
+            i = batches(n)
+            for xi, yi in zip(x[i * BS:(i + n) * BS].split(BS), y[i * BS:(i + n) * BS].split(BS)):
+                loss = nn.functional.mse_loss(student(xi), yi)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return burst
+    if variant == "authors":
+        t_net, loss_func = teacher_as_plain(teacher), nn.MSELoss()
+        loader = DataLoader(TensorDataset(x), batch_size=BS, shuffle=True, num_workers=0, drop_last=True)
+        it = [iter(loader)]
+
+        def burst(n):
+            for _ in range(n):
+                try:
+                    (xi,) = next(it[0])
+                except StopIteration:
+                    it[0] = iter(loader)
+                    (xi,) = next(it[0])
+                opt.zero_grad()
+                err = loss_func(student(xi), t_net(xi).detach())
+                if torch.isnan(err).item():
+                    raise RuntimeError("nan")
+                err.backward()
+                opt.step()
+        return burst
+    student = make_student(teacher, width_mult, members)
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    loss_sum = torch.zeros(members)
+    if variant == "autograd":
+        def burst(n):
+            i = batches(n)
+            for j in range(i, i + n):
+                losses = per_student_loss(student(x[j * BS:(j + 1) * BS])[0], y[j * BS:(j + 1) * BS], "mse")
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+                loss_sum.add_(losses.detach())
+        return burst
+    fused = FusedSGD(student, opt, "mse", compile_steps=chunk if variant == "compiled" else 0)
+
+    def burst(n):
+        i = batches(n)
+        for j in range(i, i + n - n % chunk, chunk):
+            fused(x[j * BS:(j + chunk) * BS].view(chunk, BS, -1), y[j * BS:(j + chunk) * BS].view(chunk, BS, -1),
+                  loss_sum)
+    start = time.perf_counter()
+    burst(chunk)  # compiles
+    if variant == "compiled":
+        COMPILE_TIMES[f"width_mult {width_mult} compiled E={members} k={chunk}"] = time.perf_counter() - start
+    return burst
+
+
+INTERLEAVED = [("plain", 1, 1), ("authors", 1, 1), ("autograd", 1, 1), ("fused", 1, 1), ("compiled", 1, 1)]
+
+
+def interleaved_lines(args, gemm: float) -> list[str]:
+    """Per width: the variants of :data:`INTERLEAVED`, ``compiled`` at every ``args.chunks``, and
+    the ``args.compiled_ensembles`` (autograd and compiled) timed in rounds: each round runs
+    ``args.burst`` steps of every variant in turn, so a change of the machine's load hits all
+    alike; the median over ``args.rounds`` rounds (the first dropped) gives each rate."""
+    lines = ["", f"Interleaved step timing ({args.rounds} rounds of {args.burst} steps per variant, median; "
+                 "the training loop alone, data handling included, no Lightning, no epoch-end work):", "",
+             "| width_mult | variant | E | k | steps/s | student-steps/s | % of GEMM | / (a) plain | / (b) authors "
+             "| / autograd (same E) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for wm in args.compiled_widths:
+        cfg = compose_cfg([f"student.width_mult={wm}", "run_dir=/tmp/unused"])
+        from hydra.utils import instantiate
+        data, teacher = instantiate(cfg.data), instantiate(cfg.teacher)
+        x = data.sample(args.n_train, teacher.d, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y = teacher(x)[0][0]
+        flops = step_flops(teacher.d, [k * wm for k in teacher.ks], teacher.d_out)
+        ens = [int(pair.split(":")[1]) for pair in args.compiled_ensembles if int(pair.split(":")[0]) == wm]
+        specs = [*INTERLEAVED, *[("compiled", 1, k) for k in args.chunks],
+                 *[(v, e, 1) for e in ens for v in ("autograd", "compiled")]]
+        bursts = [step_burst(v, teacher, wm, x, y, e, k) for v, e, k in specs]
+        times = [[] for _ in specs]
+        for _ in range(args.rounds + 1):
+            for burst, t in zip(bursts, times):
+                start = time.perf_counter()
+                burst(args.burst)
+                t.append((time.perf_counter() - start) / args.burst)
+        rate = {spec: 1 / statistics.median(t[1:]) for spec, t in zip(specs, times)}
+        for (v, e, k), r in rate.items():
+            gemm_pct = 100 * e * r * flops / 1e9 / gemm
+            lines.append(f"| {wm} | {v} | {e} | {k} | {r:.0f} | {e * r:.0f} | {gemm_pct:.0f}% | "
+                         f"{e * r / rate[('plain', 1, 1)]:.2f} | {e * r / rate[('authors', 1, 1)]:.2f} | "
+                         f"{r / rate[('autograd', e, 1)]:.2f} |")
+            print(lines[-1], flush=True)
+    return lines
 
 
 def fmt(times: list[float], steps: int, students: int = 1) -> dict:
@@ -160,10 +306,21 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up)")
     p.add_argument("--n-train", type=int, default=32000, help="samples per epoch (steps = n / 64)")
     p.add_argument("--ensembles", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--compiled-widths", type=int, nargs="+", default=[10, 1],
+                   help="widths whose fused and compiled variants (f), (g), (h) are timed")
+    p.add_argument("--compiled-ensembles", nargs="+", default=["10:16", "1:64"],
+                   help="width_mult:E pairs also timed with the compiled fused step (h)")
+    p.add_argument("--chunks", type=int, nargs="+", default=[5],
+                   help="steps per compiled call timed besides 1 (fused_chunk)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="only the interleaved step timing (the --compiled-widths), not the per-epoch table")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    p.add_argument("--burst", type=int, default=100, help="steps per variant and round (interleaved)")
     p.add_argument("--max-gflop-per-step", type=float, default=4.0,
                    help="skip ensembles whose step exceeds this (e.g. E=64 at width_mult 50)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--main-job", action="store_true", help="also: the 40-epoch main job vs the authors' loop")
+    p.add_argument("--main-job", action="store_true", help="also: the main job's phases (see above)")
+    p.add_argument("--main-job-epochs", type=int, default=40)
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -176,8 +333,8 @@ def main() -> None:
     header = ("| width_mult | variant | steps/s | student-steps/s | GFLOP/s | % of GEMM | spread |\n"
               "|---:|---|---:|---:|---:|---:|---:|")
     lines.append(header)
-    ratios = []
-    for wm in args.widths:
+    ratios, results, flops_of = [], {}, {}
+    for wm in ([] if args.interleaved else args.widths):
         cfg = compose_cfg([f"student.width_mult={wm}", "run_dir=/tmp/unused"])
         from hydra.utils import instantiate
         data = instantiate(cfg.data)
@@ -186,6 +343,7 @@ def main() -> None:
         with torch.no_grad():
             y = teacher(x)[0][0]
         flops = step_flops(teacher.d, [k * wm for k in teacher.ks], teacher.d_out)
+        flops_of[wm] = flops
         ensembles = [e for e in args.ensembles if e * flops <= args.max_gflop_per_step * 1e9]
         res = {"(a) plain": fmt(bench_plain(teacher, wm, x, y, args.epochs), steps),
                "(b) authors": fmt(bench_authors(teacher, wm, x, args.epochs), steps),
@@ -193,10 +351,13 @@ def main() -> None:
                "(d) tsdyn + callbacks": fmt(bench_tsdyn(wm, args.n_train, args.epochs, "default"), steps)}
         for e in ensembles:
             res[f"(e) tsdyn E={e}"] = fmt(bench_tsdyn(wm, args.n_train, args.epochs, "none", e), steps, e)
+        if wm in args.compiled_widths:
+            res.update(bench_fused(wm, args, steps, flops))
         for name, r in res.items():
             gf = r["student_steps_s"] * flops / 1e9
             lines.append((wm, name, r, gf))
             print(f"| {wm} | {name} | {r['steps_s']:.0f} | {r['student_steps_s']:.0f} | {gf:.1f} |", flush=True)
+        results[wm] = res
         c, e1 = res["(c) tsdyn"]["steps_s"], res["(e) tsdyn E=1"]["student_steps_s"]
         ratios.append(f"| {wm} | {c / res['(a) plain']['steps_s']:.2f} | {c / res['(b) authors']['steps_s']:.2f} | "
                       f"{res['(d) tsdyn + callbacks']['steps_s'] / c:.2f} | "
@@ -211,29 +372,132 @@ def main() -> None:
     lines = [line if isinstance(line, str) else
              f"| {line[0]} | {line[1]} | {line[2]['steps_s']:.0f} | {line[2]['student_steps_s']:.0f} | "
              f"{line[3]:.1f} | {100 * line[3] / gemm:.0f}% | {100 * line[2]['spread']:.0f}% |" for line in lines]
-    lines += ["", "Same-run ratios (student-steps/s relative to E=1 for the ensembles):", "",
-              "| width_mult | (c)/(a) | (c)/(b) | (d)/(c) | " + " | ".join(f"E={e}" for e in args.ensembles) + " |",
-              "|---:|---:|---:|---:|" + "---:|" * len(args.ensembles), *ratios]
+    if args.interleaved:
+        lines = lines[:2]
+    else:
+        lines += ["", "Same-run ratios (student-steps/s relative to E=1 for the ensembles):", "",
+                  "| width_mult | (c)/(a) | (c)/(b) | (d)/(c) | " + " | ".join(f"E={e}" for e in args.ensembles) + " |",
+                  "|---:|---:|---:|---:|" + "---:|" * len(args.ensembles), *ratios]
+        lines += fused_lines(results, gemm, flops_of)
+    lines += interleaved_lines(args, gemm)
+    lines += ["", "Compilation (first call; inductor's on-disk cache makes a second run's shorter): " + "; ".join(
+        f"{name} {sec:.1f} s" for name, sec in COMPILE_TIMES.items()) + "."]
     if args.main_job:
-        lines += ["", main_job_lines()]
+        lines += ["", main_job_lines(args.main_job_epochs)]
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
 
 
-def main_job_lines() -> str:
-    """The default main job (40 epochs, callbacks on) against the authors' loop for 40 epochs."""
+def fused_lines(results: dict, gemm: float, flops_of: dict) -> list[str]:
+    """The fused step's same-run ratios per width (against (a), (b), (c); ensembles: % of the GEMM
+    rate and student-steps/s over the authors' steps/s) and the compilation times of this run."""
+    lines = ["", "Fused step, same-run ratios (student-steps/s over the named variant's steps/s):", "",
+             "| width_mult | variant | / (a) plain | / (b) authors | / (c) autograd | % of GEMM |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for wm, res in results.items():
+        for name, r in res.items():
+            if name[:3] in ("(f)", "(g)", "(h)"):
+                ss = r["student_steps_s"]
+                lines.append(f"| {wm} | {name} | {ss / res['(a) plain']['steps_s']:.2f} | "
+                             f"{ss / res['(b) authors']['steps_s']:.2f} | {ss / res['(c) tsdyn']['steps_s']:.2f} | "
+                             f"{100 * ss * flops_of[wm] / 1e9 / gemm:.0f}% |")
+    return lines
+
+
+class PhaseTimer(pl.Callback):
+    """Wall-clock marks of a training process (added to ``python -m tsdyn.train`` as the last
+    callback): fit start, each epoch's start and last step, each epoch's checkpoint (the end of its
+    epoch-end work); written to ``path`` as JSON at the end of fit."""
+
+    def __init__(self, path: str):
+        self.path, self.marks = path, {"epoch_start": [], "last_step": [], "checkpoint": []}
+
+    def on_fit_start(self, trainer, pl_module):
+        self.marks["fit_start"] = time.time()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.marks["epoch_start"].append(time.time())
+        self.marks["last_step"].append(None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.marks["last_step"][-1] = time.time()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.marks["checkpoint"].append(time.time())
+
+    def on_fit_end(self, trainer, pl_module):
+        self.marks["step_path"] = pl_module.step_path
+        Path(self.path).write_text(json.dumps(self.marks))
+
+
+def phases(marks: dict, start: float, end: float, compile_s: float) -> dict:
+    """Seconds of a training process's phases from :class:`PhaseTimer`'s ``marks`` and the process's
+    ``start`` and ``end``: ``startup`` (interpreter, imports, config, W&B, the nets: up to fit start),
+    ``compile``, ``training`` (the epochs' steps, each epoch's shuffle and the teacher labelling
+    included, compilation excluded), ``epoch_analyses`` (the measurements at the start and after
+    every epoch, checkpoints included) and ``end_of_run`` (after the last epoch's checkpoint: the
+    end-of-run analyses, the summary, closing the loggers, process exit)."""
+    starts, steps = marks["epoch_start"], marks["last_step"]
+    epoch_done = marks["checkpoint"][-1] if marks["checkpoint"] else steps[-1]
+    training = sum(b - a for a, b in zip(starts, steps))
+    analyses = (starts[0] - marks["fit_start"]) + sum(b - a for a, b in zip(steps[:-1], starts[1:])) \
+        + (epoch_done - steps[-1])
+    return {"total": end - start, "startup": marks["fit_start"] - start, "compile": compile_s,
+            "training": training - compile_s, "epoch_analyses": analyses, "end_of_run": end - epoch_done}
+
+
+def main_job(overrides: list[str]) -> dict:
+    """``python -m tsdyn.train <overrides>`` in a new process (one torch thread, W&B offline), timed
+    by :class:`PhaseTimer`: :func:`phases` plus the step path taken."""
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_cfg(["logger=none", "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
-        module, trainer = build(cfg, Path(run_dir))
-        t = time.perf_counter()
-        trainer.fit(module)
-        ours = time.perf_counter() - t
-        x, teacher, epochs = module._train[0].cpu(), module.teacher.cpu(), cfg.epochs
-    authors = sum(bench_authors(teacher, cfg.student.width_mult, x, epochs - 1))
-    return (f"Main job (`python -m tsdyn.train`, 40 epochs, default callbacks): **{ours:.0f} s**; "
-            f"the authors' loop, training only, same 40 epochs: **{authors * epochs / (epochs - 1):.0f} s**.")
+        marks_file = Path(run_dir) / "phases.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), str(ROOT)]),
+               "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        cmd = [sys.executable, "-m", "tsdyn.train", *overrides, "trainer.enable_progress_bar=false",
+               f"hydra.run.dir={run_dir}/run", "+callbacks.zz_phases._target_=bench.PhaseTimer",
+               f"+callbacks.zz_phases.path={marks_file}"]
+        start = time.time()
+        subprocess.run(cmd, env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        end = time.time()
+        marks = json.loads(marks_file.read_text())
+        rows = [json.loads(line) for line in (Path(run_dir) / "run" / "metrics.jsonl").read_text().splitlines()]
+        compile_s = sum(r.get("time/compile_s", 0.0) for r in rows)
+        return {**phases(marks, start, end, compile_s), "path": marks["step_path"]}
+
+
+MAIN_JOBS = {  # name -> overrides of the 40-epoch main job
+    "main job (default: every analysis, W&B offline)": [],
+    "main job, autograd step (before the fused step)": ["step=autograd"],
+    "main job, callbacks=none logger=none": ["callbacks=none", "logger=none"],
+}
+
+
+def main_job_lines(epochs: int = 40, extra: list[str] | None = None) -> str:
+    """The main job's wall time split into phases, three ways (:data:`MAIN_JOBS`), each its own
+    process, and the authors' loop for the same epochs (training only, in this process)."""
+    extra = [f"epochs={epochs}", *(extra or [])]
+    def merged(overrides):  # a job's own overrides win over extra's for the same key
+        own = {o.split("=")[0] for o in overrides}
+        return [*overrides, *(e for e in extra if e.split("=")[0] not in own)]
+    times = {name: main_job(merged(overrides)) for name, overrides in MAIN_JOBS.items()}
+    cfg = compose_cfg([*extra, "run_dir=/tmp/unused"])
+    from hydra.utils import instantiate
+    data, teacher = instantiate(cfg.data), instantiate(cfg.teacher)
+    x = data.train_inputs(teacher.d, 0, "cpu")
+    authors = sum(bench_authors(teacher, cfg.student.width_mult, x, epochs - 1)) * epochs / (epochs - 1)
+    keys = ["total", "startup", "compile", "training", "epoch_analyses", "end_of_run"]
+    lines = [f"Main job ({epochs} epochs, `python -m tsdyn.train`, one process each), wall seconds:", "",
+             "| job | step | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
+    lines += [f"| {name} | {t['path']} | " + " | ".join(f"{t[k]:.1f}" for k in keys) + " |"
+              for name, t in times.items()]
+    names = list(MAIN_JOBS)
+    total = {name: times[name]["total"] for name in names}
+    lines += ["", f"Default / callbacks=none logger=none: **{total[names[0]] / total[names[2]]:.2f}**; "
+                  f"default / autograd step: **{total[names[0]] / total[names[1]]:.2f}**; the authors' loop, "
+                  f"training only, same epochs: **{authors:.0f} s**."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     module = TeacherStudent(teacher, student, data, optimizer, lr_schedule, renormalize=renormalize,
                             loss=cfg.loss, steps_per_call=cfg.steps_per_call, log_every_n_steps=cfg.log_every_n_steps,
                             recorder=Recorder(run_dir), gradient_clip_val=clip["value"],
-                            gradient_clip_algorithm=clip["algorithm"])
+                            gradient_clip_algorithm=clip["algorithm"],
+                            # .get: a resumed run's config may predate these keys
+                            step=cfg.get("step", "auto"), fused_chunk=cfg.get("fused_chunk", 1))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if run_dir is not None:
         callbacks.append(CheckpointOnInterrupt(run_dir))

@@ -9,6 +9,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tsdyn.errors import ConfigError, exit_on_config_error, fail  # noqa: F401 - re-exported
+from tsdyn.fused import STEP_MODES
 from tsdyn.images import IMAGE_SETS, require_files
 from tsdyn.module import CLIP_ALGORITHMS, LOSSES
 from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, ROW_NORMS, read_teacher_file
@@ -90,6 +91,8 @@ RULES: dict[str, Rule] = {
     "loss": one_of(LOSSES),
     "epochs": POSITIVE_INT,
     "steps_per_call": POSITIVE_INT,
+    "step": one_of(STEP_MODES),
+    "fused_chunk": POSITIVE_INT,
     "log_every_n_steps": POSITIVE_INT,
     "threads": (lambda v: v is None or POSITIVE_INT[0](v), "null or a positive integer"),
     "trainer.accelerator": one_of(("auto", "cpu", "gpu", "cuda", "mps")),
@@ -177,6 +180,8 @@ def validate(cfg: DictConfig) -> None:
         if not (_is_num(std) and std >= 0):
             fail("student.perturb_std", std, f"a noise std >= 0 (student.init={init} needs one)")
 
+    check_fused_step(cfg)
+
     n_train, bs = _plain(cfg, "data.n_train"), _plain(cfg, "data.batch_size")
     if _is_int(n_train) and _is_int(bs) and bs > n_train:
         fail("data.batch_size", bs, f"at most data.n_train={n_train}")
@@ -191,6 +196,24 @@ def validate(cfg: DictConfig) -> None:
                                           f"fully connected nets without BatchNorm); set it to false to skip")
 
     check_inputs(cfg)
+
+
+def check_fused_step(cfg: DictConfig) -> None:
+    """``step=fused`` / ``compiled`` need what the fused step covers (tsdyn.fused): a fully connected
+    student without BatchNorm trained by plain SGD (momentum and weight decay allowed)."""
+    step = _plain(cfg, "step")
+    if step not in ("fused", "compiled"):
+        return
+    needs = "auto or autograd for this run: the fused step covers fully connected students without " \
+            "BatchNorm trained by torch.optim.SGD"
+    if _plain(cfg, "student.bn") not in (None, "none") or isinstance(_plain(cfg, "teacher.d"), list):
+        fail("step", step, needs + f" (student.bn={_plain(cfg, 'student.bn')}, teacher.d={_plain(cfg, 'teacher.d')})")
+    if _plain(cfg, "optimizer._target_") != "torch.optim.SGD" or any(
+            _plain(cfg, f"optimizer.{k}") for k in ("dampening", "nesterov", "maximize")):
+        fail("step", step, needs + f" without dampening or nesterov (optimizer: {_plain(cfg, 'optimizer')})")
+    if _plain(cfg, "trainer.gradient_clip_val"):
+        fail("step", step, needs + f" without gradient clipping (trainer.gradient_clip_val="
+                                   f"{_plain(cfg, 'trainer.gradient_clip_val')})")
 
 
 def check_callback(cfg: DictConfig, name: str) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from tsdyn.data import GaussianData
+from tsdyn.fused import FusedSGD, choose_path
 from tsdyn.metrics.matching import as_samples, correlation
 from tsdyn.nets import ReLUNet, predict, renormalize_
 from tsdyn.runfolder.writer import Recorder
@@ -120,7 +121,8 @@ class TeacherStudent(pl.LightningModule):
                  optimizer: Callable[..., torch.optim.Optimizer], lr_schedule: Mapping[int, float] | None = None,
                  loss: str = "mse", steps_per_call: int = 32, log_every_n_steps: int = 100,
                  recorder: Recorder | None = None, renormalize: str | None = None,
-                 gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"):
+                 gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm",
+                 step: str = "auto", fused_chunk: int = 1):
         super().__init__()
         self.automatic_optimization = False
         self.teacher, self.student, self.data = teacher, student, data
@@ -133,6 +135,11 @@ class TeacherStudent(pl.LightningModule):
         if renormalize:
             renormalize_(student, renormalize)
         self.clip_val, self.clip_algorithm = gradient_clip_val, gradient_clip_algorithm  # per student
+        self.step_mode, self.fused_chunk = step, int(fused_chunk)  # tsdyn.fused.choose_path
+        self.step_path = "autograd"  # the path training takes (set at the start of training)
+        self._fused: FusedSGD | None = None
+        self._chunk = 1  # optimizer steps per call of the step function
+        self._compile_logged = 0.0
         self.stop_signal: int | None = None  # set by a signal handler (tsdyn.resume.StopOnSignal)
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end (checkpointed)
         self._resumed: dict | None = None  # this module's part of the checkpoint resumed from
@@ -162,7 +169,7 @@ class TeacherStudent(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
-        for group, base in zip(self.optimizers().optimizer.param_groups, self._base_lrs):
+        for group, base in zip(self._opt.param_groups, self._base_lrs):
             group["lr"] = lr_at(epoch, base, self.lr_schedule)
         if self.data.regenerate_each_epoch or self._train is None:
             x = self.data.train_inputs(self.teacher.d, epoch, self.device)
@@ -183,29 +190,24 @@ class TeacherStudent(pl.LightningModule):
         step counter advances by the steps taken, so ``global_step``, checkpoints and loggers all
         count optimizer steps. The position in the epoch comes from ``global_step`` (every epoch has
         the same steps), so a call resumed from a checkpoint taken inside it goes on where it stopped;
-        the last call stops at ``trainer.max_steps``. A non-finite loss (:class:`Diverged`) or a signal (``stop_signal``: :class:`Interrupted`)
-        ends training after the current step."""
-        opt = self.optimizers().optimizer
+        the last call stops at ``trainer.max_steps``. A non-finite loss (:class:`Diverged`) or a signal
+        (``stop_signal``: :class:`Interrupted`) ends training after the current step (a fused chunk
+        already under way is finished first)."""
         bs, steps = self.data.batch_size, self.epoch_steps()
         first = self.global_step - self.current_epoch * steps
         last = min((first // self.steps_per_call + 1) * self.steps_per_call, steps)
         if self.trainer.max_steps >= 0:
             last = min(last, first + self.trainer.max_steps - self.global_step)
         step0, x, y, loss_sum = self.global_step, self._x, self._y, self._loss_sum
-        step = step0
+        step, i = step0, first
         try:
-            for i in range(first, last):
-                out, _ = self.student(x[i * bs:(i + 1) * bs])
-                losses = per_student_loss(out, y[i * bs:(i + 1) * bs], self.loss_kind)
-                opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                if self.clip_val:
-                    clip_grad_per_member_(list(self.student.parameters()), self.clip_val, self.clip_algorithm)
-                opt.step()
-                if self.renormalize:
-                    renormalize_(self.student, self.renormalize)
-                loss_sum += losses.detach()
-                step = step0 + i - first + 1
+            while i < last:
+                # a fused chunk never crosses a log boundary (the loss is flushed where it would be);
+                # after a signal, one step only: training ends after the step under way, as without chunks
+                n = 1 if self.stop_signal is not None else \
+                    min(self._chunk, last - i, self.log_every - step % self.log_every)
+                self._take_steps(x[i * bs:(i + n) * bs], y[i * bs:(i + n) * bs], n, loss_sum)
+                i, step = i + n, step + n
                 if step % self.log_every == 0:
                     loss = self._flush_train_loss(step)
                     self.log("loss", loss.mean().item(), prog_bar=True, logger=False)
@@ -214,7 +216,30 @@ class TeacherStudent(pl.LightningModule):
         finally:
             _advance_step_counter(self.trainer, step - step0)
 
+    def _take_steps(self, x: Tensor, y: Tensor, n: int, loss_sum: Tensor) -> None:
+        """``n`` optimizer steps on the ``n`` consecutive batches of ``x`` ``[n * B, d]`` (targets ``y``
+        ``[n * B, D]``): one call of the fused step, or ``n`` = 1 autograd step."""
+        if self._fused is not None:
+            return self._fused(x.view(n, -1, x.shape[-1]), y.view(n, -1, y.shape[-1]), loss_sum)
+        opt = self._opt
+        out, _ = self.student(x)
+        losses = per_student_loss(out, y, self.loss_kind)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if self.clip_val:
+            clip_grad_per_member_(list(self.student.parameters()), self.clip_val, self.clip_algorithm)
+        opt.step()
+        if self.renormalize:
+            renormalize_(self.student, self.renormalize)
+        loss_sum += losses.detach()
+
     def on_train_start(self) -> None:
+        remaining = self.trainer.max_epochs * self.data.steps_per_epoch() - self.global_step
+        self.step_path = choose_path(self.step_mode, self.student, self._opt, remaining, bool(self.clip_val))
+        if self.step_path != "autograd":
+            self._fused = FusedSGD(self.student, self._opt, self.loss_kind, self.renormalize,
+                                   compile_steps=self.fused_chunk if self.step_path == "compiled" else 0)
+            self._chunk = self.fused_chunk
         if self.global_step == 0:
             self._log_eval(0)
         if self._resumed is not None and self._resumed["in_epoch"]:  # resumed inside an epoch
@@ -226,6 +251,10 @@ class TeacherStudent(pl.LightningModule):
         if self.global_step > self._flushed_at:
             self._flush_train_loss(self.global_step)
         self._log_eval(self.current_epoch + 1)
+        if self._fused is not None and self._fused.compile_seconds > self._compile_logged:
+            self._compile_logged = self._fused.compile_seconds  # paid in this epoch's first call
+            self.recorder.log(self.trainer, {"time/compile_s": self._compile_logged}, self.current_epoch,
+                              monitor=False)
         self._in_epoch = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -270,4 +299,5 @@ class TeacherStudent(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         opt = self.optimizer_factory(params=self.student.parameters())
         self._base_lrs = [g["lr"] for g in opt.param_groups]
+        self._opt = opt
         return opt
