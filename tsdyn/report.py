@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tsdyn.plots import grid
-from tsdyn.runs import RunFolder, find_runs, newest_multirun
+from tsdyn.runs import RunFolder, find_runs, newest_output
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
 BAND_NOTE = "line: mean, band: min-max over seeds and students"
@@ -490,13 +490,13 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tsdyn.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", nargs="?", help="a run or multirun folder (default: the newest under "
-                                                  "outputs/multiruns)")
+    parser.add_argument("folder", nargs="?", help="a run or multirun folder (default: the newest run or "
+                                                  "multirun under outputs/)")
     parser.add_argument("--out", help="where to write (default: <folder>/report)")
     args = parser.parse_args(argv)
-    folder = args.folder or newest_multirun()
+    folder = args.folder or newest_output()
     if folder is None:
-        print("tsdyn.report: no folder given and no multirun under outputs/multiruns", file=sys.stderr)
+        print("tsdyn.report: no folder given and no run under outputs/runs or outputs/multiruns", file=sys.stderr)
         return 2
     try:
         path = write_report(folder, args.out)
