@@ -195,10 +195,16 @@ def test_the_printed_student_command_trains_as_printed(images_root, tmp_path):
     printed = res.stdout.strip().splitlines()[-1].split("train students on it: ", 1)[1]
     words = shlex.split(printed)
     assert words[:4] == ["python", "-m", "tsdyn.train", "experiment=fashion_mnist_student"]
-    res = subprocess.run([sys.executable, *words[1:], "logger=none", "trainer.enable_progress_bar=false"],
+    res = subprocess.run([sys.executable, *words[1:]],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = find_runs(tmp_path / "outputs" / "runs")
     assert run.status == "completed" and run.summary["epochs"] == 2
     evals = [r["loss/eval"] for r in read_metrics(run.path) if "loss/eval" in r]
     assert evals[-1] < evals[0] / 5
+
+
+def test_pretraining_refuses_projected_sgd(images_root, tmp_path):
+    cfg = pretrain_cfg(images_root, tmp_path, "optimizer.renormalize=weight")
+    with pytest.raises(ConfigError, match=r"optimizer.renormalize='weight' is not allowed: expected null"):
+        validate_pretrain(cfg)

@@ -28,3 +28,4 @@ def test_renormalize_every_layer_and_output_relu():
     out, _ = net(torch.randn(7, 4))
     assert (out >= 0).all() and (out == 0).any()
     assert net.like().output_relu  # students copy the teacher's output ReLU
+

@@ -43,6 +43,8 @@ def validate_pretrain(cfg: DictConfig) -> None:
         fail("teacher.d_out", cfg.teacher.d_out, f"data.num_classes={cfg.data.num_classes} (one output per class)")
     if not (UNIT[0](cfg.prune) and cfg.prune < 1):
         fail("prune", cfg.prune, "a share in [0, 1) of each hidden layer's nodes")
+    if cfg.optimizer.get("renormalize") is not None:
+        fail("optimizer.renormalize", cfg.optimizer.renormalize, "null (projected SGD is for students only)")
 
 
 @torch.no_grad()
@@ -72,6 +74,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     teacher = build_teacher(cfg, data).to(device).requires_grad_(True)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     schedule = opt_cfg.pop("lr_schedule", None) or {}
+    opt_cfg.pop("renormalize", None)
     opt = instantiate(opt_cfg)(params=teacher.parameters())
     base_lrs = [g["lr"] for g in opt.param_groups]
     recorder = Recorder(run_dir)
