@@ -4,14 +4,18 @@ run folders alone (no W&B), written to ``<folder>/report/``.
 Runs are grouped by their overridden keys, seed keys left out (runs that differ only in seeds are
 trials of one setting). Every value is aggregated over the completed runs of a group *and* over the
 students inside each run (``student.num_students``; per-student keys ``<key>/s<i>``): the mean, and
-a min-max band. Runs that diverged or failed are listed, never averaged in. Layer 0 is the lowest
-hidden layer in every figure and table. Figures (PNG and PDF), each skipped with a note in the
+in the figures a band of +- one standard deviation (``--band minmax``: min to max), in the tables
+[min, max]. Runs that diverged or failed are listed, never averaged in. Layer 0 is the lowest
+hidden layer in every figure and table. Figures are drawn for a paper: groups labelled by value
+(``width_mult 5``), one y-range across the layer panels of a figure, integer epoch ticks, the
+Okabe-Ito colour-blind-safe palette, PNG at 200 dpi and vector PDF, short titles; what each figure
+shows and how is said in its caption in ``report.md``. Figures, each skipped with a note in the
 table when the runs lack its data:
 
 1. ``curves``: mean best correlation per layer and eval loss vs epoch;
 2. ``luck``: mean / median top-% rank of the final winner per layer vs baseline epoch;
 3. ``width``: final mean best correlation per layer vs width_mult;
-4. ``fanout_nodes``: fan-out norm vs student node index at several epochs, and ``fanout_lshape``:
+4. ``fanout_nodes``: fan-out norm per student node, sorted, at several epochs, and ``fanout_lshape``:
    best correlation vs fan-out norm at the end (the L-shape);
 5. ``bn_bias``: BatchNorm bias histograms per layer, share <= 0 in the legend;
 6. ``sorted_corr``: each teacher node's top-20 student correlations, sorted, at initialisation and
@@ -22,28 +26,30 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from matplotlib import colormaps, rc_context
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from tsdyn.plots import grid
 from tsdyn.runs import RunFolder, find_runs, newest_output
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
-BAND_NOTE = "line: mean, band: min-max over seeds and students"
+BANDS = {"sd": "+- one standard deviation", "minmax": "min to max"}   # --band: the figures' bands
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]  # Okabe-Ito
 TOP_K = 20          # sorted-correlation curves: the best TOP_K students per teacher node
 MAX_PANELS = 24     # per-run figures (fan-out vs node index) show at most this many panels
-DPI = 100
+DPI = 200
 PANEL = 3.2         # inches per panel
 MIN_WIDTH = 8.0     # inches
-STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
-         "xtick.labelsize": 7, "ytick.labelsize": 7}
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "axes.formatter.useoffset": False}
 ANALYSIS_KEYS = re.compile(  # end-of-run values listed in the analysis table (the figures hold the rest)
     r"match/layer\d+/hungarian_mean|fanout/layer\d+/(matched_median|unmatched_median|unmatched_below_1pct)"
     r"|bn/(student|teacher)/layer\d+/frac_nonpositive|drift/layer\d+/(abs|rel)_mean|theory/layer\d+/.+"
@@ -54,15 +60,33 @@ ANALYSIS_KEYS = re.compile(  # end-of-run values listed in the analysis table (t
 
 @dataclass
 class Group:
-    """Runs that differ only in seed keys; ``label`` names the keys that differ between groups."""
+    """Runs that differ only in seed keys; ``values``: the keys that differ between groups and
+    their values in this one."""
 
-    label: str
+    values: dict[str, str]
     runs: list[RunFolder]
-    color: tuple
+    color: str | tuple
+
+    @property
+    def label(self) -> str:
+        return value_label(self.values)
 
     @property
     def completed(self) -> list[RunFolder]:
         return [r for r in self.runs if r.status == "completed"]
+
+
+def value_label(values: dict[str, str]) -> str:
+    """``{"student.width_mult": "5", "teacher.d_out": "20"}`` -> ``"width_mult 5, d_out 20"``: each
+    key by its last part, or in full where two keys share that part; ``"all runs"`` when empty."""
+    last = [k.rsplit(".", 1)[-1] for k in values]
+    return ", ".join(f"{k if last.count(short) > 1 else short} {v}"
+                     for (k, v), short in zip(values.items(), last)) or "all runs"
+
+
+def colors(n: int) -> list:
+    """``n`` colour-blind-safe colours: the Okabe-Ito palette, or viridis steps beyond 8."""
+    return PALETTE[:n] if n <= len(PALETTE) else [colormaps["viridis"](i / (n - 1)) for i in range(n)]
 
 
 def group_runs(runs: list[RunFolder]) -> list[Group]:
@@ -73,38 +97,39 @@ def group_runs(runs: list[RunFolder]) -> list[Group]:
     by_key: dict[tuple, list[RunFolder]] = {}
     for run, key in zip(runs, keys):
         by_key.setdefault(tuple(key.get(k) for k in varying), []).append(run)
-    n = len(by_key)
-    cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
-    groups = []
-    for i, (values, members) in enumerate(by_key.items()):
-        label = ", ".join(f"{k}={v}" for k, v in zip(varying, values) if v is not None) or "all runs"
-        groups.append(Group(label, members, cmap(i if n <= 10 else i / max(n - 1, 1))))
-    return groups
+    return [Group({k: v for k, v in zip(varying, values) if v is not None}, members, color)
+            for (values, members), color in zip(by_key.items(), colors(len(by_key)))]
 
 
-def band(samples: Iterable[np.ndarray]) -> tuple[float, float, float, int]:
-    """(mean, min, max, count) of the finite values of all ``samples`` (NaN, NaN, NaN, 0 if none)."""
+def band(samples: Iterable[np.ndarray], spread: str = "minmax") -> tuple[float, float, float, int]:
+    """(mean, low, high, count) of the finite values of all ``samples`` (NaN, NaN, NaN, 0 if none):
+    low, high = min, max (``spread="minmax"``) or mean -+ the standard deviation (``"sd"``, ddof 1;
+    0 for one value)."""
     values = np.concatenate([np.ravel(s) for s in samples] or [np.array([])]).astype(float)
     values = values[np.isfinite(values)]
     if not values.size:
         return float("nan"), float("nan"), float("nan"), 0
-    return float(values.mean()), float(values.min()), float(values.max()), int(values.size)
+    mean = float(values.mean())
+    if spread == "sd":
+        sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        return mean, mean - sd, mean + sd, int(values.size)
+    return mean, float(values.min()), float(values.max()), int(values.size)
 
 
-def final_band(group: Group, key: str) -> tuple[float, float, float, int]:
+def final_band(group: Group, key: str, spread: str = "minmax") -> tuple[float, float, float, int]:
     """Final value of ``key`` over the group's completed runs and their students."""
-    return band(v for r in group.completed if (v := r.final(key)) is not None)
+    return band((v for r in group.completed if (v := r.final(key)) is not None), spread)
 
 
-def series_band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray]:
+def series_band(group: Group, key: str, spread: str) -> tuple[np.ndarray, np.ndarray]:
     """``key`` per epoch over the group's completed runs and students: (epochs ``[T]``,
-    ``[T, 3]`` mean / min / max)."""
+    ``[T, 3]`` mean / low / high, see :func:`band`)."""
     per_epoch: dict[int, list[np.ndarray]] = {}
     for run in group.completed:
         for epoch, values in run.series(key).items():
             per_epoch.setdefault(epoch, []).append(values)
     epochs = sorted(per_epoch)
-    return np.array(epochs), np.array([band(per_epoch[e])[:3] for e in epochs]).reshape(-1, 3)
+    return np.array(epochs), np.array([band(per_epoch[e], spread)[:3] for e in epochs]).reshape(-1, 3)
 
 
 def layers_of(runs: Iterable[RunFolder], pattern: str) -> list[int]:
@@ -124,8 +149,20 @@ def panels(n: int, max_cols: int = 4):
     return fig, axes
 
 
+def same_ylim(axes: list[Axes]) -> None:
+    """One y-range for ``axes``: the union of their own."""
+    lows, highs = zip(*(ax.get_ylim() for ax in axes))
+    for ax in axes:
+        ax.set_ylim(min(lows), max(highs))
+
+
+def integer_xticks(axes: list[Axes]) -> None:
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_band(ax, x, stats: np.ndarray, color, style: str = "-", marker: str | None = "o") -> None:
-    """Mean line (``stats[:, 0]``) and min-max band (``stats[:, 1:3]``)."""
+    """Mean line (``stats[:, 0]``) and band (``stats[:, 1:3]``: low and high)."""
     ax.plot(x, stats[:, 0], style, color=color, lw=1.5, marker=marker if len(x) < 25 else None, ms=3)
     ax.fill_between(x, stats[:, 1], stats[:, 2], color=color, alpha=0.2, lw=0)
 
@@ -140,9 +177,10 @@ def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) 
 
 
 # --------------------------------------------------------------------------- figures
-# Each returns (Figure, None) or (None, the reason it was skipped).
+# Each takes the groups and the band kind (``spread``, see :func:`band`) and returns (Figure, None)
+# or (None, the reason it was skipped). Titles are short; FIGURES' captions (report.md) say the rest.
 
-def fig_curves(groups: list[Group]):
+def fig_curves(groups: list[Group], spread: str):
     runs = [r for g in groups for r in g.completed]
     layers = layers_of(runs, "match/layer{l}/mean_best")
     if not layers:
@@ -150,22 +188,24 @@ def fig_curves(groups: list[Group]):
     fig, axes = panels(len(layers) + 1, max_cols=5)
     for ax, layer in zip(axes, layers):
         for g in groups:
-            epochs, stats = series_band(g, f"match/layer{layer}/mean_best")
+            epochs, stats = series_band(g, f"match/layer{layer}/mean_best", spread)
             if len(epochs):
                 plot_band(ax, epochs, stats, g.color)
-        ax.set(title=layer_title(layer), xlabel="epoch (0 = init)", ylabel="mean best correlation")
+        ax.set(title=layer_title(layer), xlabel="epoch", ylabel="mean best correlation")
     ax = axes[-1]
     for g in groups:
-        epochs, stats = series_band(g, "loss/eval")
+        epochs, stats = series_band(g, "loss/eval", spread)
         if len(epochs):
             plot_band(ax, epochs, stats, g.color)
-    ax.set(title="eval loss", xlabel="epoch (0 = init)", ylabel="loss", yscale="log")
-    fig.suptitle(f"Teacher-student matching over training ({LAYER_NOTE}; {BAND_NOTE})", fontsize=9)
+    ax.set(title="eval loss", xlabel="epoch", ylabel="loss", yscale="log")
+    same_ylim(axes[:-1])
+    integer_xticks(axes)
+    fig.suptitle("Matching over training")
     legend(fig, groups)
     return fig, None
 
 
-def fig_luck(groups: list[Group]):
+def fig_luck(groups: list[Group], spread: str):
     runs = [r for g in groups for r in g.completed]
     layers = layers_of(runs, "luck/layer{l}/top_pct_mean/epoch0")
     if not layers:
@@ -176,19 +216,20 @@ def fig_luck(groups: list[Group]):
     for ax, layer in zip(axes, layers):
         for g in groups:
             for stat, style in (("mean", "-"), ("median", "--")):
-                stats = np.array([final_band(g, f"luck/layer{layer}/top_pct_{stat}/epoch{b}")[:3] for b in baselines])
+                stats = np.array([final_band(g, f"luck/layer{layer}/top_pct_{stat}/epoch{b}", spread)[:3]
+                                  for b in baselines])
                 ok = np.isfinite(stats[:, 0])
                 if ok.any():
                     plot_band(ax, np.array(baselines)[ok], stats[ok], g.color, style)
-        ax.set(title=layer_title(layer), xlabel="baseline epoch b (0 = init)", ylabel="top-% rank at b",
-               ylim=(0, None))
-    fig.suptitle(f"Luck: rank of each teacher node's final best student in the ordering at epoch b\n"
-                 f"({LAYER_NOTE}; lower = the winner was already ahead; {BAND_NOTE})", fontsize=9)
+        ax.set(title=layer_title(layer), xlabel="baseline epoch b", ylabel="top-% rank at b", ylim=(0, None))
+    same_ylim(axes)
+    integer_xticks(axes)
+    fig.suptitle("Luck: the final winner's rank at epoch b")
     legend(fig, groups, [("-", "mean over teacher nodes"), ("--", "median over teacher nodes")])
     return fig, None
 
 
-def fig_width(groups: list[Group]):
+def fig_width(groups: list[Group], spread: str):
     runs = [r for g in groups for r in g.completed]
     widths = sorted({r.config_value("student.width_mult") for r in runs} - {None})
     layers = layers_of(runs, "match/layer{l}/mean_best")
@@ -196,24 +237,24 @@ def fig_width(groups: list[Group]):
         return None, "fewer than two student.width_mult values among the completed runs"
     series: dict[tuple, list[Group]] = {}   # groups that differ only in width_mult share a line
     for g in groups:
-        rest = tuple((k, v) for k, v in g.runs[0].group_key() if k != "student.width_mult")
+        rest = tuple((k, v) for k, v in g.values.items() if k != "student.width_mult")
         series.setdefault(rest, []).append(g)
-    lines = [(members[0], members) for members in series.values()]
     fig, axes = panels(len(layers))
     for ax, layer in zip(axes, layers):
-        for first, members in lines:
+        for members in series.values():
             points = sorted(((r.config_value("student.width_mult"), g) for g in members for r in g.completed[:1]),
                             key=lambda p: p[0])
             xs = np.array([w for w, _ in points])
-            stats = np.array([final_band(g, f"match/layer{layer}/mean_best")[:3] for _, g in points]).reshape(-1, 3)
+            stats = np.array([final_band(g, f"match/layer{layer}/mean_best", spread)[:3]
+                              for _, g in points]).reshape(-1, 3)
             if len(xs):
-                plot_band(ax, xs, stats, first.color)
+                plot_band(ax, xs, stats, members[0].color)
         ax.set(title=layer_title(layer), xlabel="width_mult", ylabel="final mean best correlation", xscale="log")
         ax.set_xticks(widths, [str(w) for w in widths])
-    fig.suptitle(f"Over-parameterisation: final matching vs student width ({LAYER_NOTE}; {BAND_NOTE})", fontsize=9)
-    legend_groups = [Group(re.sub(r"(, )?student\.width_mult=[^,]*", "", first.label).strip(", ") or "all runs",
-                           [], first.color) for first, _ in lines]
-    legend(fig, legend_groups)
+        ax.minorticks_off()
+    same_ylim(axes)
+    fig.suptitle("Final matching vs student width")
+    legend(fig, [Group(dict(rest), [], members[0].color) for rest, members in series.items()])
     return fig, None
 
 
@@ -251,7 +292,19 @@ def layer_panels(groups: list[Group], name: str, prefix: str):
     return fig, cells, [g for g in groups if any(g is gg for gg, _ in pairs)]
 
 
-def fig_fanout_nodes(groups: list[Group]):
+def teacher_block(run: RunFolder, layer: int) -> int:
+    """How many of ``layer``'s first student nodes started at the teacher's nodes (0 at default init)."""
+    ks = run.config_value("teacher.ks")
+    initialised = run.config_value("student.init", "default") != "default"
+    return ks[layer] if initialised and isinstance(ks, list) and layer < len(ks) else 0
+
+
+def sorted_blocks(fan: np.ndarray, block: int) -> np.ndarray:
+    """``fan`` ``[K]`` sorted descending within ``fan[:block]`` and within ``fan[block:]``."""
+    return np.concatenate([-np.sort(-fan[:block]), -np.sort(-fan[block:])])
+
+
+def fig_fanout_nodes(groups: list[Group], _spread: str):
     pairs, _ = array_runs(groups, "fanout", "fanout_layer")
     if not pairs:
         return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
@@ -260,46 +313,52 @@ def fig_fanout_nodes(groups: list[Group]):
         shown.setdefault(g.label, (g, r))
     chosen = [(g, r, layer) for g, r in shown.values()
               for layer in _layers_in(last_arrays(r, "fanout"), "fanout_layer")]
-    note = f" (first {MAX_PANELS} panels)" if len(chosen) > MAX_PANELS else ""
     chosen = chosen[:MAX_PANELS]
     n_layers = len({layer for _, _, layer in chosen})
     fig, axes = panels(len(chosen), max_cols=max(n_layers, 3) if n_layers < 5 else 4)
+    picks_shown = []
     for ax, (g, r, layer) in zip(axes, chosen):
         epochs = r.array_epochs("fanout")
         picks = sorted({epochs[round(i * (len(epochs) - 1) / 3)] for i in range(4)})
-        fans = [np.maximum(r.arrays("fanout", e)[f"fanout_layer{layer}"][0], 1e-12) for e in picks]
-        for j, (epoch, fan) in enumerate(zip(picks, fans)):
-            ax.plot(np.arange(len(fan)), fan, ".-", ms=3, lw=0.6,
-                    color=colormaps["viridis"](j / max(len(picks) - 1, 1)), label=f"epoch {epoch}")
-        ks = r.config_value("teacher.ks")
-        if r.config_value("student.init", "default") != "default" and isinstance(ks, list) and layer < len(ks):
-            ax.axvline(ks[layer] - 0.5, color="k", ls=":", lw=1, label="teacher-initialised | rest")
-        spread = max(f.max() for f in fans) / min(f.min() for f in fans)
-        ax.set(title=textwrap.fill(f"{g.label}: {layer_title(layer)}", 50), xlabel="student node index",
-               ylabel="fan-out norm", yscale="log" if spread > 30 else "linear")
-        ax.title.set_fontsize(7)
-        if layer == 0:              # the first panel of each run's row
+        picks_shown.append(picks)
+        block = teacher_block(r, layer)
+        for j, epoch in enumerate(picks):
+            fan = np.maximum(r.arrays("fanout", epoch)[f"fanout_layer{layer}"][0], 1e-12)
+            ax.plot(np.arange(len(fan)), sorted_blocks(fan, block), "-", lw=1.2,
+                    color=colormaps["viridis"](0.85 * j / max(len(picks) - 1, 1)), label=f"epoch {epoch}")
+        if block:
+            ax.axvline(block - 0.5, color="k", ls=":", lw=1, label="teacher-initialised | rest")
+        ax.set(title=f"{g.label}\n{layer_title(layer)}", xlabel="student node (sorted)", ylabel="fan-out norm",
+               yscale="log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    same_ylim(axes)
+    if all(p == picks_shown[0] for p in picks_shown):   # one legend when every panel shows the same epochs
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), frameon=False)
+    else:
+        for ax in axes:
             ax.legend()
-    fig.suptitle(f"Fan-out norm per student node (student 0 of one run per group; {LAYER_NOTE}){note}", fontsize=9)
+    fig.suptitle("Fan-out norm per student node")
     return fig, None
 
 
-def fig_fanout_lshape(groups: list[Group]):
+def fig_fanout_lshape(groups: list[Group], _spread: str):
     fig, cells, shown = layer_panels(groups, "fanout", "best_corr_layer")
     if fig is None:
         return None, "no best_corr_layer<l> in arrays/fanout_epochNNN.npz"
     for ax, layer, found in cells:
         for g, arrays in found:
             ax.scatter(arrays[f"best_corr_layer{layer}"].ravel(),
-                       np.maximum(arrays[f"fanout_layer{layer}"].ravel(), 1e-12), s=5, alpha=0.5, color=g.color, lw=0)
-        ax.set(title=layer_title(layer), xlabel="best correlation with any teacher node", ylabel="fan-out norm",
+                       np.maximum(arrays[f"fanout_layer{layer}"].ravel(), 1e-12), s=6, alpha=0.6, color=g.color, lw=0)
+        ax.set(title=layer_title(layer), xlabel="best correlation with a teacher node", ylabel="fan-out norm",
                yscale="log", xlim=(-0.2, 1.02))
-    fig.suptitle(f"L-shape at the end of training: every student node of every run ({LAYER_NOTE})", fontsize=9)
+    same_ylim([ax for ax, _, _ in cells])
+    fig.suptitle("L-shape at the end of training")
     legend(fig, shown)
     return fig, None
 
 
-def fig_bn_bias(groups: list[Group]):
+def fig_bn_bias(groups: list[Group], _spread: str):
     fig, cells, shown = layer_panels(groups, "bn", "student_bias_layer")
     if fig is None:
         return None, "no arrays/bn_epochNNN.npz files (no student with BatchNorm, or the BN callback was off)"
@@ -319,8 +378,7 @@ def fig_bn_bias(groups: list[Group]):
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.set(title=layer_title(layer), xlabel="BatchNorm bias", ylabel="count")
         ax.legend(fontsize=6)
-    fig.suptitle(f"Student BatchNorm biases at the end (all students of all runs; {LAYER_NOTE});\n"
-                 f"legend: share of biases <= 0 per group (colours below)", fontsize=9)
+    fig.suptitle("Student BatchNorm biases at the end")
     legend(fig, shown)
     return fig, None
 
@@ -333,7 +391,7 @@ def top_sorted(corr: np.ndarray, k: int = TOP_K) -> np.ndarray:
     return -np.sort(-np.nan_to_num(rows, nan=-1.0), axis=-1)[:, :k]
 
 
-def fig_sorted_corr(groups: list[Group]):
+def fig_sorted_corr(groups: list[Group], spread: str):
     pairs, layers = array_runs(groups, "match", "corr_layer")
     if not pairs:
         return None, "no corr_layer<l> in arrays/match_epochNNN.npz (the full correlation matrices)"
@@ -348,24 +406,41 @@ def fig_sorted_corr(groups: list[Group]):
                     continue
                 width = min(c.shape[1] for c in curves)
                 stacked = np.concatenate([c[:, :width] for c in curves])
-                stats = np.stack([stacked.mean(0), stacked.min(0), stacked.max(0)], axis=1)
+                stats = np.array([band([column], spread)[:3] for column in stacked.T])
                 plot_band(ax, np.arange(1, width + 1), stats, g.color, style, marker=None)
         ax.set(title=layer_title(layer), xlabel="rank of the student node (1 = best)", ylabel="correlation")
-    fig.suptitle(f"Sorted correlations: each teacher node's top-{TOP_K} students, at initialisation and at the end\n"
-                 f"({LAYER_NOTE}; line: mean over teacher nodes, seeds and students; band: min-max)", fontsize=9)
+    same_ylim(axes)
+    integer_xticks(axes)
+    fig.suptitle(f"Each teacher node's top-{TOP_K} student correlations")
     legend(fig, [g for g in groups if any(g is gg for gg, _ in pairs)],
            [("--", "initialisation (epoch 0)"), ("-", "end of training")])
     return fig, None
 
 
+# name: (caption in report.md, with {band} and {layers} filled in; the figure function)
 FIGURES: dict[str, tuple[str, Callable]] = {
-    "curves": ("mean best correlation per layer and eval loss vs epoch", fig_curves),
-    "luck": ("luck: top-% rank of the final winner vs baseline epoch", fig_luck),
-    "width": ("final mean best correlation vs width_mult", fig_width),
-    "fanout_nodes": ("fan-out norm vs student node index at several epochs", fig_fanout_nodes),
-    "fanout_lshape": ("L-shape: best correlation vs fan-out norm at the end", fig_fanout_lshape),
-    "bn_bias": ("BatchNorm bias histograms with the share <= 0", fig_bn_bias),
-    "sorted_corr": ("sorted top-20 correlations per teacher node, init vs end", fig_sorted_corr),
+    "curves": ("Mean best correlation of each teacher node with any student node, per hidden layer, and the "
+               "eval loss, vs epoch (0 = initialisation). Line: mean over the runs of a group and their "
+               "students; band: {band}. {layers}.", fig_curves),
+    "luck": ("Luck: for each teacher node, the top-% rank that its final best student held in the ordering "
+             "by correlation at baseline epoch b (0 = initialisation); lower = the winner was already ahead. "
+             "Solid: mean over teacher nodes, dashed: median; band: {band} over runs and students. {layers}.",
+             fig_luck),
+    "width": ("Over-parameterisation: final mean best correlation per layer vs student width_mult; groups "
+              "that differ only in width_mult form one line. Band: {band} over runs and students. {layers}.",
+              fig_width),
+    "fanout_nodes": ("Fan-out norm of every student node of student 0 of one run per group (at most "
+                     f"{MAX_PANELS} panels), at four "
+                     "epochs, sorted in descending order (with teacher-initialised students: within the "
+                     "teacher-initialised block, left of the dotted line, and within the rest). {layers}.",
+                     fig_fanout_nodes),
+    "fanout_lshape": ("L-shape: every student node of every completed run at the end of training, its best "
+                      "correlation with a teacher node against its fan-out norm. {layers}.", fig_fanout_lshape),
+    "bn_bias": ("Histograms of the student BatchNorm biases at the end (all students of all runs), per group, "
+                "with the share <= 0 in each panel's legend (the teacher's: dashed). {layers}.", fig_bn_bias),
+    "sorted_corr": (f"Each teacher node's top-{TOP_K} student correlations, sorted, at initialisation (dashed) "
+                    "and at the end (solid). Line: mean over teacher nodes, runs and students; band: {band}. "
+                    "{layers}.", fig_sorted_corr),
 }
 
 
@@ -404,7 +479,7 @@ def teacher_block_wins(run: RunFolder) -> dict[int, np.ndarray]:
     return out
 
 
-def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped: dict[str, str]) -> str:
+def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dict[str, str], spread: str) -> str:
     runs = [r for g in groups for r in g.runs]
     statuses: dict[str, int] = {}
     for r in runs:
@@ -454,7 +529,8 @@ def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped
                                                         if "diverged_at_step" in r.summary else "")).replace("|", "/")]
                         for r in bad])
     lines += ["", "## Figures", ""]
-    lines += [f"- `{name}.png` / `{name}.pdf`: {text}" for name, text in written.items()]
+    lines += [f"- `{name}.png` / `{name}.pdf`: " + FIGURES[name][0].format(band=BANDS[spread], layers=LAYER_NOTE.capitalize())
+              for name in written]
     if skipped:
         lines += ["", "## Skipped figures", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in skipped.items()]
@@ -463,9 +539,10 @@ def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped
 
 # --------------------------------------------------------------------------- entry point
 
-def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``);
-    returns the path of ``report.md``."""
+def write_report(folder: str | Path, out: str | Path | None = None, spread: str = "sd") -> Path:
+    """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``),
+    the figures' bands ``spread`` (``sd`` or ``minmax``, see :func:`band`); returns the path of
+    ``report.md``."""
     folder = Path(folder)
     runs = find_runs(folder)
     if not runs:
@@ -473,18 +550,18 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
-    written, skipped = {}, {}
-    for name, (text, make) in FIGURES.items():
+    written, skipped = [], {}
+    for name, (_, make) in FIGURES.items():
         with rc_context(STYLE):
-            fig, reason = make(groups)
+            fig, reason = make(groups, spread)
             if fig is None:
                 skipped[name] = reason
                 continue
             for ext in ("png", "pdf"):
-                fig.savefig(out / f"{name}.{ext}", dpi=DPI)
-        written[name] = text
+                fig.savefig(out / f"{name}.{ext}", dpi=DPI, bbox_inches="tight", pad_inches=0.05)
+        written.append(name)
     path = out / "report.md"
-    path.write_text(markdown(folder, groups, written, skipped))
+    path.write_text(markdown(folder, groups, written, skipped, spread))
     return path
 
 
@@ -493,13 +570,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", nargs="?", help="a run or multirun folder (default: the newest run or "
                                                   "multirun under outputs/)")
     parser.add_argument("--out", help="where to write (default: <folder>/report)")
+    parser.add_argument("--band", choices=list(BANDS), default="sd",
+                        help="the figures' bands around the mean over seeds and students (default: sd)")
     args = parser.parse_args(argv)
     folder = args.folder or newest_output()
     if folder is None:
         print("tsdyn.report: no folder given and no run under outputs/runs or outputs/multiruns", file=sys.stderr)
         return 2
     try:
-        path = write_report(folder, args.out)
+        path = write_report(folder, args.out, args.band)
     except FileNotFoundError as err:
         print(f"tsdyn.report: {err}", file=sys.stderr)
         return 2
