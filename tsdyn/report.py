@@ -316,7 +316,7 @@ def fig_fanout_nodes(groups: list[Group], _spread: str):
     chosen = chosen[:MAX_PANELS]
     n_layers = len({layer for _, _, layer in chosen})
     fig, axes = panels(len(chosen), max_cols=max(n_layers, 3) if n_layers < 5 else 4)
-    picks_shown = []
+    picks_shown, lowest, highest = [], np.inf, 0.0
     for ax, (g, r, layer) in zip(axes, chosen):
         epochs = r.array_epochs("fanout")
         picks = sorted({epochs[round(i * (len(epochs) - 1) / 3)] for i in range(4)})
@@ -324,13 +324,15 @@ def fig_fanout_nodes(groups: list[Group], _spread: str):
         block = teacher_block(r, layer)
         for j, epoch in enumerate(picks):
             fan = np.maximum(r.arrays("fanout", epoch)[f"fanout_layer{layer}"][0], 1e-12)
+            lowest, highest = min(lowest, fan.min()), max(highest, fan.max())
             ax.plot(np.arange(len(fan)), sorted_blocks(fan, block), "-", lw=1.2,
                     color=colormaps["viridis"](0.85 * j / max(len(picks) - 1, 1)), label=f"epoch {epoch}")
         if block:
             ax.axvline(block - 0.5, color="k", ls=":", lw=1, label="teacher-initialised | rest")
-        ax.set(title=f"{g.label}\n{layer_title(layer)}", xlabel="student node (sorted)", ylabel="fan-out norm",
-               yscale="log")
+        ax.set(title=f"{g.label}\n{layer_title(layer)}", xlabel="student node (sorted)", ylabel="fan-out norm")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:             # log scale where the norms span more than 1.5 decades
+        ax.set_yscale("log" if highest / lowest > 30 else "linear")
     same_ylim(axes)
     if all(p == picks_shown[0] for p in picks_shown):   # one legend when every panel shows the same epochs
         handles, labels = axes[0].get_legend_handles_labels()
