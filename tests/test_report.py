@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 
 from tests.multiruns import multirun
+from tsdyn import plots
 from tsdyn.recorder import read_metrics
 from tsdyn.report import (DPI, FIGURES, PALETTE, STYLE, band, fig_curves, fig_fanout_nodes, group_runs, main,
                           sorted_blocks, top_sorted, value_label, write_report)
@@ -236,3 +237,10 @@ def test_report_on_a_real_multirun(tmp_path):
             values = [last[f"{key}/s{i}"] for i in range(2)]
             assert numbers(rows[label][col]) == pytest.approx([np.mean(values), min(values), max(values)],
                                                               rel=2e-4, abs=6e-5)
+
+
+def test_dashboard_figures_draw_inside_their_edges():
+    rng = np.random.default_rng(0)
+    fans = [10 ** rng.uniform(-10, 0.5, 40) for _ in range(4)]            # log10 tick labels down to -10
+    assert inside(plots.lshape([rng.uniform(-0.2, 1, 40) for _ in range(4)], fans, "L-shape"))
+    assert inside(plots.corr_heatmaps([rng.uniform(-1, 1, (10, 30)) for _ in range(4)], "matching"))
