@@ -126,3 +126,24 @@ def test_a_run_ends_by_naming_its_folder_and_commands_that_work_as_printed(tmp_p
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p.name for p in (folder / "report").iterdir()} >= {"report.md", "curves.png", "curves.pdf"}
+
+
+@pytest.mark.parametrize("module,config", [("tsdyn.pretrain_teacher", "pretrain"), ("tsdyn.bn_bias", "bn_bias")])
+def test_the_other_commands_help_names_real_options_and_examples_that_compose(module, config):
+    res = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert len(lines) < 30
+    for line in lines:                              # each listed option is a file of its group
+        words = line.split()
+        if words and words[0] in GROUPS and ";" in line:
+            options = [o.split()[0] for o in line.split(None, 1)[1].split(";")[0].split(",")]
+            assert set(options) <= set(GROUPS[words[0]]), line
+    block = lines[lines.index("EXAMPLES") + 1:]
+    examples = [shlex.split(x.split("#")[0]) for x in block[:block.index("")]]
+    assert len(examples) == 3
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for words in examples:
+            assert words[0] == f"tsdyn-{config.replace('_', '-')}"
+            compose(config, overrides=words[1:])
