@@ -170,15 +170,21 @@ def inside(fig) -> bool:
         and box.y1 <= fig.get_figheight() + 0.01
 
 
-def test_curves_figure_is_paper_ready(synthetic):
-    folder, _ = synthetic
+def drawn(folder: Path, make):
+    """The groups of the runs in ``folder``, figure ``make`` of them (mean +- sd bands) and its
+    visible panels, after checking that it draws nothing beyond its edges."""
     groups = group_runs(find_runs(folder))
     with rc_context(STYLE):
-        fig, _ = fig_curves(groups, "sd")
+        fig, _ = make(groups, "sd")
         assert inside(fig)
-    layer_axes, loss_ax = fig.axes[:len(KT)], fig.axes[len(KT)]
+    return groups, fig, [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_curves_figure_is_paper_ready(synthetic):
+    groups, fig, axes = drawn(synthetic[0], fig_curves)
+    layer_axes = axes[:len(KT)]
     assert len({ax.get_ylim() for ax in layer_axes}) == 1                       # one y-range across layers
-    for ax in fig.axes:                                                          # integer epoch ticks
+    for ax in axes:                                                              # integer epoch ticks
         assert all(float(t).is_integer() for t in ax.get_xticks())
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["width_mult 1", "width_mult 2"]
     assert [to_hex(g.color) for g in groups] == [c.lower() for c in PALETTE[:2]]
@@ -196,12 +202,7 @@ def test_curves_figure_is_paper_ready(synthetic):
 
 
 def test_fanout_figure_sorts_each_block(synthetic):
-    folder, _ = synthetic
-    groups = group_runs(find_runs(folder))
-    with rc_context(STYLE):
-        fig, _ = fig_fanout_nodes(groups, "sd")
-        assert inside(fig)
-    axes = [ax for ax in fig.axes if ax.get_visible()]
+    groups, _, axes = drawn(synthetic[0], fig_fanout_nodes)
     assert len({ax.get_ylim() for ax in axes}) == 1
     # panels: (width 1: layers 0, 1), (width 2, teacher-initialised: layers 0, 1); last epoch's line
     for ax, block in zip(axes, [0, 0, KT[0], KT[1]]):
