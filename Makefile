@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE WANDB_MODE=offline WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: setup train test bench clean data report
+.PHONY: setup train test bench clean data report slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ train: $(STAMP)
 	$(PY) -m tsdyn.train $(ARGS)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)  # loadgroup: the SLURM tests share one worker
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)  # active OpenMP waits: PASSIVE slows 2-thread small matmuls ~3x
@@ -45,6 +45,15 @@ $(FMNIST_RAW)/t10k-labels-idx1-ubyte:
 RUN ?=
 report: $(STAMP)
 	$(PY) -m tsdyn.report $(RUN)
+
+# a private one-node SLURM cluster on this machine (root; installs Debian's slurmctld, slurmd,
+# slurm-client and munge if missing), to try hydra/launcher=slurm: then `export SLURM_CONF=$(SLURM_DIR)/slurm.conf`
+SLURM_DIR ?= /tmp/tsdyn-slurm
+slurm-up: $(STAMP)
+	$(PY) -m tests.slurm_cluster up $(SLURM_DIR)
+
+slurm-down: $(STAMP)
+	$(PY) -m tests.slurm_cluster down $(SLURM_DIR)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

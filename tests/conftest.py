@@ -46,3 +46,30 @@ def _no_wandb_run_leaks():
     import wandb
     if wandb.run is not None:
         wandb.finish()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict[str, str]:
+    """A private one-node SLURM cluster (tests/slurm_cluster.py) for this test session; yields the
+    environment its commands and jobs run under (``SLURM_CONF``; ``PYTHONPATH``: this checkout, so
+    that the jobs run the code under test). Where SLURM cannot start, the tests that use it are
+    skipped with the reason."""
+    import shutil
+    import tempfile
+    import time
+
+    from tests import slurm_cluster
+    root = Path(tempfile.mkdtemp(prefix="tsdyn-slurm-"))  # not under pytest's 0700 folders: munged reaches it
+    start = time.perf_counter()
+    try:
+        slurm_cluster.up(root)
+    except slurm_cluster.Unavailable as err:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"no SLURM cluster: {err}")
+    print(f"\nSLURM cluster up in {time.perf_counter() - start:.1f} s ({root})")
+    try:
+        yield {**slurm_cluster.env(root), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+               "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    finally:
+        slurm_cluster.down(root)
+        shutil.rmtree(root, ignore_errors=True)

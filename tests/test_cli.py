@@ -80,7 +80,7 @@ def test_help_lists_every_group_with_its_options_and_three_example_commands_that
 def test_experiment_theorem_is_one_job_of_the_theorem_sweep(tmp_path):
     preset = OmegaConf.to_container(compose_cfg(["experiment=theorem"], tmp_path))
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        job = compose("train", overrides=["sweep=theorem", "teacher.d_out=20", "student.width_mult=5"])
+        job = compose("train", overrides=["sweep=theorem", "student.width_mult=5"])
     job = OmegaConf.to_container(job)
     job["run_dir"] = preset["run_dir"]
     preset.pop("sweep")     # sweep=none composes to an empty node

@@ -48,6 +48,11 @@ BAD = [
     ("callbacks.matching.thresholds=[0.5,1.5]", "callbacks.matching.thresholds=[0.5, 1.5]"),
     ("loss=hinge", "loss='hinge'"),
     ("teacher.bias_tune=1.5", "teacher.bias_tune=1.5"),
+    ("teacher.normalize=l2", "teacher.normalize='l2'"),
+    ("teacher.bias=low", "teacher.bias='low'"),
+    ("teacher.standardize_outputs=maybe", "teacher.standardize_outputs='maybe'"),
+    ("student.init=gaussian_plus_teacher", "student.perturb_std=None"),
+    ("callbacks.fanout.bn_effective=2", "callbacks.fanout.bn_effective=2"),
     # one case per bad value of the reliability issue (a case may need several overrides)
     ("teacher.ks=[10,0]", "teacher.ks=[10, 0]"),
     ("teacher.d=0", "teacher.d=0"),

@@ -131,7 +131,7 @@ def test_conv_teacher_rows_unit_norm_distinct_and_seeded():
     t = make_conv_teacher([1, 10, 10], [6, 5], 7, seed=3)
     for w, b in zip(t.weights, t.biases):
         rows = w[0].reshape(w.shape[1], -1)
-        norms = torch.sqrt(rows.pow(2).sum(1) + b[0].pow(2))
+        norms = rows.norm(dim=1)               # the weight row's norm (teacher.normalize=weight)
         torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-4, rtol=0)
         assert len({tuple(r.tolist()) for r in rows}) == rows.shape[0]
     again = make_conv_teacher([1, 10, 10], [6, 5], 7, seed=3)
@@ -180,3 +180,21 @@ def test_predict_in_chunks_equals_one_pass():
     with torch.no_grad():
         whole = net(x)[0]
     torch.testing.assert_close(predict(net, x, max_units=net.hidden_units * 2 * 5), whole)  # chunks of 5
+
+
+def test_conv_teacher_on_gaussian_image_shaped_inputs(small_cfg):
+    """The authors' --use_cnn on Gaussian data: a conv teacher reads N(0, std^2) inputs of shape
+    (1, 16, 16); a short run learns its lowest layer's channels."""
+    from tsdyn.config import validate
+    from tsdyn.recorder import read_metrics
+    from tsdyn.train import run
+    cfg = small_cfg("teacher=conv", "teacher.ks=[4,5]", "teacher.bn=none", "student.width_mult=2",
+                    "data.n_train=2048", "data.n_eval=256", "epochs=2", "steps_per_call=32", "optimizer.lr=0.02")
+    validate(cfg)
+    assert list(cfg.teacher.d) == [1, 16, 16]
+    summary = run(cfg, cfg.run_dir)
+    assert summary["status"] == "completed"
+    rows = read_metrics(cfg.run_dir)
+    match = [r["match/layer0/mean_best"] for r in rows if "match/layer0/mean_best" in r]
+    evals = [r["loss/eval"] for r in rows if "loss/eval" in r]
+    assert match[-1] > match[0] + 0.05 and evals[-1] < 0.8 * evals[0], (match, evals)

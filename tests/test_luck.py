@@ -10,13 +10,15 @@ from tsdyn.metrics.luck import convergence_epochs, nan_mean_median, spearman, to
 NAN = float("nan")
 
 
-def test_top_pct_by_hand_with_ties_and_dead_teacher():
-    # 2 teacher nodes x 5 students at the baseline; node 1 never fires (NaN row)
+def test_top_pct_by_hand_0_based_with_ties_and_dead_teacher():
+    # 2 teacher nodes x 5 students at the baseline; node 1 never fires (NaN row). The authors'
+    # notebooks: the winner's 0-based position in the baseline's descending order, 100 * pos / K_s
     c_base = torch.tensor([[[0.1, 0.9, 0.5, 0.5, 0.2], [NAN] * 5]])
-    assert top_pct(c_base, torch.tensor([[2, 0]]))[0, 0].item() == pytest.approx(100 * 2 / 5)  # only 0.9 beats it
-    assert top_pct(c_base, torch.tensor([[3, 0]]))[0, 0].item() == pytest.approx(100 * 2 / 5)  # a tie shares rank 2
-    assert top_pct(c_base, torch.tensor([[1, 0]]))[0, 0].item() == pytest.approx(100 * 1 / 5)
-    assert top_pct(c_base, torch.tensor([[0, 0]]))[0, 0].item() == pytest.approx(100 * 5 / 5)
+    assert top_pct(c_base, torch.tensor([[1, 0]]))[0, 0].item() == 0.0                    # already the best
+    assert top_pct(c_base, torch.tensor([[2, 0]]))[0, 0].item() == pytest.approx(20.0)  # only 0.9 beats it
+    assert top_pct(c_base, torch.tensor([[3, 0]]))[0, 0].item() == pytest.approx(20.0)  # a tie shares position 1
+    assert top_pct(c_base, torch.tensor([[4, 0]]))[0, 0].item() == pytest.approx(60.0)
+    assert top_pct(c_base, torch.tensor([[0, 0]]))[0, 0].item() == pytest.approx(80.0)  # the last
     assert math.isnan(top_pct(c_base, torch.tensor([[0, 0]]))[0, 1].item())
     live = torch.tensor([[[0.1, 0.9, 0.5, 0.5, 0.2], [0.3, 0.2, 0.1, 0.0, -0.1]]])
     assert math.isnan(top_pct(live, torch.tensor([[1, -1]]))[0, 1].item())  # dead at the end
@@ -29,9 +31,8 @@ def test_top_pct_matches_numpy_ranking_per_member():
     got = top_pct(c, winners).numpy()
     for e in range(3):
         for j in range(6):
-            order = np.argsort(-c[e, j].numpy())              # no ties in random floats
-            rank = int(np.flatnonzero(order == winners[e, j].item())[0]) + 1
-            assert got[e, j] == pytest.approx(100 * rank / 40)
+            order = list(np.argsort(-c[e, j].numpy()))       # no ties in random floats
+            assert got[e, j] == pytest.approx(100 * order.index(winners[e, j].item()) / 40)
 
 
 def test_nan_mean_median_is_numpys():

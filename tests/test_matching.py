@@ -1,9 +1,10 @@
 import math
 
+import pytest
 import numpy as np
 import torch
 
-from tsdyn.metrics.matching import as_samples, best_match, correlation, match_summary
+from tsdyn.metrics.matching import as_samples, best_match, correlation, match_summary, recovery_rate
 
 
 def test_correlation_matches_numpy_corrcoef():
@@ -98,3 +99,13 @@ def test_constant_student_node_gets_zero_and_ensemble_axis():
         with np.errstate(invalid="ignore", divide="ignore"):  # numpy: NaN for the constant column
             full = np.corrcoef(t.numpy().T, s[e].numpy().T)[:3, 3:]
         np.testing.assert_allclose(c[e].numpy(), np.nan_to_num(full), atol=1e-6)
+
+
+def test_recovery_rate_by_hand():
+    nan = float("nan")
+    best = torch.tensor([[0.99, 0.50, nan, 0.96],
+                         [0.97, 0.96, nan, 0.95],     # exactly 0.95 is not above
+                         [0.10, 0.99, nan, nan]])
+    got = recovery_rate(best, 0.95)
+    assert got[0].item() == pytest.approx(2 / 3) and got[1].item() == pytest.approx(2 / 3)
+    assert torch.isnan(got[2]) and got[3].item() == pytest.approx(1 / 2)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from tsdyn.nets import (EnsembleBatchNorm, ReLUNet, make_student, make_teacher,
+from tsdyn.nets import (EnsembleBatchNorm, ReLUNet, active_widths, make_student, make_teacher,
                         separable_rows)
 
 
@@ -15,9 +15,10 @@ def test_teacher_rows_distinct_nonzero_unit_norm_from_choices():
     t = make_teacher(20, [10, 15, 20, 25], 100, seed=3)
     for w, b in zip(t.weights, t.biases):
         w, b = w[0], b[0]
-        aug = torch.cat([w, b[:, None]], 1)
-        norms = aug.norm(dim=1)
+        # the authors' normalize_layer: the weight row (not the row with its bias) has unit norm
+        norms = w.norm(dim=1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+        assert (torch.cat([w, b[:, None]], 1).norm(dim=1) > 1.001).any()
         assert (w.abs().sum(1) > 0).all()
         assert len({tuple(r.tolist()) for r in w}) == w.shape[0]
         # entries come from {0, +-0.25, +-0.5}: relative to a row's smallest non-zero magnitude
@@ -26,6 +27,31 @@ def test_teacher_rows_distinct_nonzero_unit_norm_from_choices():
         rel = w / smallest[:, None]
         assert ((rel[..., None] - torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])).abs().min(-1).values < 1e-4).all()
         assert (rel.abs() > 1.5).any()
+
+
+def test_teacher_normalize_by_weight_or_fan_in_from_the_same_draw():
+    """Both rules divide the same drawn row and bias by one number: by the weight row's norm the
+    bias is the drawn U(-0.5, 0.5) value over that norm (a drawn row's norm is a multiple of 0.25
+    under a square root, at least 0.25); by the fan-in norm, (w, b) has unit norm."""
+    by_w = make_teacher(8, [6, 5], 4, seed=1, normalize="weight")
+    by_f = make_teacher(8, [6, 5], 4, seed=1, normalize="fan_in")
+    for (ww, bw), (wf, bf) in zip(zip(by_w.weights, by_w.biases), zip(by_f.weights, by_f.biases)):
+        ww, bw, wf, bf = ww[0].double(), bw[0].double(), wf[0].double(), bf[0].double()
+        fan_in = torch.cat([wf, bf[:, None]], 1).norm(dim=1)
+        torch.testing.assert_close(fan_in, torch.ones_like(fan_in), atol=1e-4, rtol=0)  # eps 1e-5
+        # same direction of (w, b): by_w = by_f * ||(w, b)|| / ||w||, one factor per row
+        factor = 1 / wf.norm(dim=1)
+        torch.testing.assert_close(ww, wf * factor[:, None], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(bw, bf * factor, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="teacher.normalize='l1'"):
+        make_teacher(8, [6], 4, seed=1, normalize="l1")
+
+
+def test_teacher_constant_bias():
+    t = make_teacher(8, [6, 5], 4, seed=1, normalize="fan_in", bias=0.0)
+    assert all((b == 0).all() for b in t.biases)
+    t = make_teacher(8, [6], 4, seed=1, bias=-0.3)   # -0.3 / ||drawn row||: negative everywhere
+    assert all((b < 0).all() for b in t.biases)
 
 
 def test_teacher_seed_reproducible_and_distinct():
@@ -42,14 +68,39 @@ def test_weight_choices_respected_and_capacity_checked():
         separable_rows(9, 3, [-1.0, 1.0], g)  # only 8 sign patterns exist
 
 
-def test_strength_decay_scales_upper_layer_columns():
+def test_strength_decay_then_normalise_in_the_follow_ups_order():
+    """Draw rows -> divide fan-out column i of every layer above the first (the output layer too)
+    by (1+i)^p -> normalise each row. So every row keeps unit weight norm, and the decayed rows
+    are the plain draw's rows times the decay, renormalised (the plain teacher's rows are the draw
+    up to one positive factor per row)."""
     plain = make_teacher(8, [6, 5], 4, seed=1)
     decayed = make_teacher(8, [6, 5], 4, seed=1, strength_decay=2.0)
     assert torch.equal(plain.weights[0], decayed.weights[0])  # the first layer is untouched
-    ratio = decayed.weights[1][0] / plain.weights[1][0]
-    expected = 1 / (1 + torch.arange(6.0)) ** 2
-    mask = plain.weights[1][0] != 0
-    assert torch.allclose(ratio[mask], expected.expand_as(ratio)[mask], rtol=1e-5)
+    for layer in (1, 2):                                       # the hidden layer above and the output layer
+        w_plain, w = plain.weights[layer][0], decayed.weights[layer][0]
+        torch.testing.assert_close(w.norm(dim=1), torch.ones(w.shape[0]), atol=1e-3, rtol=0)  # eps 1e-5 on norms ~0.05
+        expected = w_plain / (1 + torch.arange(float(w.shape[1]))) ** 2
+        expected = expected / expected.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(w, expected, atol=1e-3, rtol=0)
+        # the row's bias is scaled by the same factor as its weights
+        factor = w.norm(dim=1) / (w_plain / (1 + torch.arange(float(w.shape[1]))) ** 2).norm(dim=1)
+        torch.testing.assert_close(decayed.biases[layer][0], plain.biases[layer][0] * factor, atol=1e-5, rtol=1e-4)
+
+
+def test_standardized_outputs_have_mean_0_std_1_on_the_data():
+    sampler = lambda n, g: gaussian(n, 20, g)  # noqa: E731
+    t = make_teacher(20, [10, 15], 6, seed=2, bias_tune=0.5, standardize_outputs=True, input_sampler=sampler,
+                     n_calibration=20000)
+    ref = make_teacher(20, [10, 15], 6, seed=2, bias_tune=0.5, input_sampler=sampler, n_calibration=20000)
+    y = t(gaussian(20000, 20, torch.Generator().manual_seed(7)))[0][0].double()
+    torch.testing.assert_close(y.mean(0), torch.zeros(6, dtype=torch.float64), atol=0.03, rtol=0)
+    torch.testing.assert_close(y.std(0), torch.ones(6, dtype=torch.float64), atol=0.03, rtol=0)
+    # only the output layer changed, and each output row only by a positive scale
+    assert all(torch.equal(a, b) for a, b in zip(t.weights[:-1], ref.weights[:-1]))
+    w, w_ref = t.weights[-1][0], ref.weights[-1][0]
+    cos = (w * w_ref).sum(1) / (w.norm(dim=1) * w_ref.norm(dim=1))
+    torch.testing.assert_close(cos, torch.ones(6), atol=1e-5, rtol=0)
+    assert not torch.allclose(w.norm(dim=1), w_ref.norm(dim=1), rtol=0.05)
 
 
 def test_bias_tune_sets_active_fraction():
@@ -102,8 +153,44 @@ def test_student_widths_seeds_and_default_init_bounds():
     single = make_student(t, width_mult=3, num_students=1, seed=5)
     assert all(torch.equal(a[1], b[0]) for a, b in zip(s.parameters(), single.parameters()))
     assert not torch.equal(s.weights[0][0], s.weights[0][1])
-    for w in s.weights:
-        assert w.abs().max() <= 1 / w.shape[-1] ** 0.5
+    # weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (nn.Linear): inside the bound, filling it
+    # (the extremes near it), with the uniform's std bound / sqrt(3)
+    for w, b in zip(s.weights, s.biases):
+        bound = 1 / w.shape[-1] ** 0.5
+        for p in (w, b):
+            assert p.abs().max() <= bound
+            assert p.abs().max() > 0.85 * bound
+        assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+        assert abs(w.mean().item()) < 0.1 * bound
+
+
+def test_gaussian_plus_teacher_init_is_the_authors_perturb():
+    t = make_teacher(10, [20], 30, seed=1, normalize="fan_in", bias=0.0, output_relu=True)
+    s = make_student(t, width_mult=5, num_students=2, seed=0, init="gaussian_plus_teacher", perturb_std=0.1)
+    assert s.ks == [100] and s.output_relu
+    noise = []
+    for w, b, tw, tb in zip(s.weights, s.biases, t.weights, t.biases):
+        rows, cols = tw.shape[1:]
+        block = w[:, :rows, :cols] - tw                       # the teacher added into the first block
+        noise += [block.flatten(), w[:, rows:].flatten(), w[:, :rows, cols:].flatten(),
+                  (b[:, :rows] - tb).flatten(), b[:, rows:].flatten()]
+    noise = torch.cat(noise).double()
+    assert noise.std().item() == pytest.approx(0.1, rel=0.03) and abs(noise.mean().item()) < 0.005
+    s0 = make_student(t, width_mult=2, seed=0, init="gaussian_plus_teacher", perturb_std=0.0)
+    x = torch.randn(50, 10)
+    torch.testing.assert_close(s0(x)[0], t(x)[0])             # std 0: the other nodes are silent
+
+
+def test_student_of_a_pruned_teacher_is_sized_from_its_active_nodes():
+    from tsdyn.metrics.pruning import prune_smallest_fanout_
+    from tsdyn.pretrain_teacher import remove_nodes_
+    t = make_teacher(20, [10, 15], 7, seed=1)
+    assert active_widths(t) == [10, 15]
+    remove_nodes_(t, prune_smallest_fanout_(t, 0.4))
+    assert active_widths(t) == [6, 9]
+    assert make_student(t, width_mult=3).ks == [18, 27]
+    with pytest.raises(ValueError, match="needs an unpruned teacher"):
+        make_student(t, init="perturb", perturb_std=0.0)
 
 
 @pytest.mark.parametrize("mode", ["perturb", "same_dir", "same_sign"])

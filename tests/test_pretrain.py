@@ -134,6 +134,8 @@ def test_pretraining_with_pruning_writes_the_pruned_teacher(images_root, tmp_pat
     for layer, nodes in enumerate(summary["removed_nodes"]):
         assert (teacher.fan_out(layer)[0][:, nodes] == 0).all()
     assert summary["test_accuracy"] <= summary["test_accuracy_unpruned"]
+    # as the authors do, a student of the pruned teacher is sized from its active nodes (4-2, 6-3)
+    assert make_student(teacher, width_mult=2).ks == [4, 6]
 
 
 @pytest.mark.parametrize("override,named", [("teacher.d_out=12", "teacher.d_out=12 is not allowed"),

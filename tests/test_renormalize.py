@@ -29,3 +29,18 @@ def test_renormalize_every_layer_and_output_relu():
     assert (out >= 0).all() and (out == 0).any()
     assert net.like().output_relu  # students copy the teacher's output ReLU
 
+
+def test_projected_sgd_starts_on_the_sphere_and_stays_there(small_cfg):
+    """optimizer.renormalize: the student is projected before the first step (the authors normalise
+    before training) and after every step; the trained rows have unit fan-in (weights and bias)."""
+    from tsdyn.train import build, run
+    cfg = small_cfg("optimizer.renormalize=fan_in", "epochs=1", "data.n_train=640")
+    module, _ = build(cfg, None)
+    for w, b in zip(module.student.weights, module.student.biases):
+        norms = torch.cat([w.detach(), b.detach()[..., None]], -1).norm(dim=-1)
+        np.testing.assert_allclose(norms.numpy(), 1.0, rtol=1e-5)
+    assert run(cfg, cfg.run_dir)["status"] == "completed"
+    state = torch.load(f"{cfg.run_dir}/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    for layer in range(5):
+        w, b = state[f"student.weights.{layer}"], state[f"student.biases.{layer}"]
+        np.testing.assert_allclose(torch.cat([w, b[..., None]], -1).norm(dim=-1).numpy(), 1.0, rtol=1e-5)

@@ -245,3 +245,31 @@ def test_dashboard_figures_draw_inside_their_edges():
     fans = [10 ** rng.uniform(-10, 0.5, 40) for _ in range(4)]            # log10 tick labels down to -10
     assert inside(plots.lshape([rng.uniform(-0.2, 1, 40) for _ in range(4)], fans, "L-shape"))
     assert inside(plots.corr_heatmaps([rng.uniform(-1, 1, (10, 30)) for _ in range(4)], "matching"))
+
+
+def section_rows(md: str, section: str) -> list[list[str]]:
+    body = md.split(f"## {section}")[1].split("\n## ")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")][1:]
+
+
+def test_specialization_and_teacher_block_fanout_tables(synthetic):
+    """Recomputed with numpy from the saved arrays of the completed runs (run 4 diverged)."""
+    folder, _ = synthetic
+    md = write_report(folder).read_text()
+    groups = {"width_mult 1": [0, 1], "width_mult 2": [2, 3]}
+    spec = {(r[0], int(r[1])): r for r in section_rows(md, "Specialization")}
+    fan = {(r[0], int(r[1])): r for r in section_rows(md, "Fan-out of the teacher-initialised")}
+    assert set(fan) == {("width_mult 2", 0), ("width_mult 2", 1)}   # perturbed init only
+    for label, runs in groups.items():
+        for layer in (0, 1):
+            last = [np.load(folder / str(n) / "arrays" / f"match_epoch{EPOCHS:03d}.npz") for n in runs]
+            best = np.concatenate([a[f"best_layer{layer}"] for a in last])
+            assert spec[(label, layer)][2] == str(len(best))
+            assert numbers(spec[(label, layer)][3]) == pytest.approx((best > 0.95).mean(0), abs=0.006)
+            if label == "width_mult 2":
+                fans = [np.load(folder / str(n) / "arrays" / f"fanout_epoch{EPOCHS:03d}.npz")[f"fanout_layer{layer}"]
+                        for n in runs]
+                for col, part in ((2, np.concatenate([f[:, :KT[layer]].ravel() for f in fans])),
+                                  (3, np.concatenate([f[:, KT[layer]:].ravel() for f in fans]))):
+                    want = [np.median(part), part.min(), part.max()]
+                    assert numbers(fan[(label, layer)][col]) == pytest.approx(want, rel=2e-3), (label, layer, col)  # 4 digits

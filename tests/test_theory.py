@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 import torch
 
-from tsdyn.metrics.theory import backprop_terms, batch_means, diag_ratio, with_one
+from tsdyn.metrics.theory import backprop_terms, batch_means, diag_ratio, op_norm_ratios, with_one
 from tsdyn.nets import ReLUNet, make_student, make_teacher
 
 
@@ -66,13 +67,54 @@ def test_h_is_gated_beta_and_batch_means():
     assert means["beta_star"][0].shape == (1, 11, 6) and means["h"][2].shape == (1, 7, 7)
 
 
-def test_student_equal_to_teacher_gives_beta_star_equal_beta():
-    teacher = make_teacher(6, [5, 4, 3], 7, seed=1).double()
-    student = make_student(teacher, width_mult=1, init="perturb", perturb_std=0.0).double()
-    x = torch.randn(20, 6, dtype=torch.float64) * 3
-    for _, t in backprop_terms(student, teacher, x):
-        torch.testing.assert_close(t["beta_star"], t["beta"])
-        torch.testing.assert_close(t["h_star"], t["h"])
+def test_beta_star_and_h_star_by_explicit_per_sample_recursion():
+    """beta*/H* of one sample of a 2-hidden-layer net, by numpy with explicit gate matrices:
+    H_2 = I; beta_1 = W~_2^T W~*_2; H_1 = D_1 beta_1 D*_1; beta_0 = W~_1^T H_1 W~*_1 (augmented weights,
+    the bias slot never gated)."""
+    teacher = make_teacher(4, [3, 2], 5, seed=1).double()
+    student = make_student(teacher, width_mult=2, seed=0).double()
+    x = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 3
+    terms = dict(backprop_terms(student, teacher, x))
+
+    def aug(net, layer):
+        w, b = net.weights[layer][0].detach().numpy(), net.biases[layer][0].detach().numpy()
+        return np.block([[w, b[:, None]], [np.zeros((1, w.shape[1])), np.ones((1, 1))]])
+
+    def gates(net):
+        h, out = x.numpy()[0], []
+        for layer in range(net.num_hidden):
+            z = net.weights[layer][0].detach().numpy() @ h + net.biases[layer][0].detach().numpy()
+            out.append(np.diag(np.append((z > 0).astype(float), 1.0)))
+            h = np.maximum(z, 0)
+        return out
+
+    ds, dt = gates(student), gates(teacher)
+    h_star = np.eye(6)
+    for layer in (1, 0):
+        beta_star = aug(student, layer + 1).T @ h_star @ aug(teacher, layer + 1)
+        h_star = ds[layer] @ beta_star @ dt[layer]
+        np.testing.assert_allclose(terms[layer]["beta_star"][0, 0].numpy(), beta_star, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(terms[layer]["h_star"][0, 0].numpy(), h_star, rtol=1e-10, atol=1e-12)
+        assert np.abs(beta_star).sum() > 0 and (h_star != beta_star).any()
+
+
+def test_op_norm_ratios_by_numpy():
+    g = torch.Generator().manual_seed(0)
+    h_star = torch.randn(1, 7, 4, generator=g, dtype=torch.float64)    # K_s = 6, K_t = 3 (+ bias slots)
+    h = torch.randn(1, 7, 7, generator=g, dtype=torch.float64)
+    students = torch.tensor([[4, 1, 4]])                                # u = {1, 4} (shared best), r = {0, 2, 3, 5}
+    got = op_norm_ratios(h_star, h, students)
+    hs, hh = h_star[0, :6, :3].numpy(), h[0, :6, :6].numpy()
+    u, r = [1, 4], [0, 2, 3, 5]
+    op = lambda a: np.linalg.svd(a, compute_uv=False)[0]  # noqa: E731
+    expected = {"h_star_uu": op(hs[u]) / np.sqrt(2 * 3), "h_star_ur": op(hs[r]) / np.sqrt(4 * 3),
+                "h_uu": op(hh[np.ix_(u, u)]) / 2, "h_ur": op(hh[np.ix_(r, u)]) / np.sqrt(8),
+                "h_rr": op(hh[np.ix_(r, r)]) / 4}
+    expected["h_star_ratio"] = expected["h_star_ur"] / expected["h_star_uu"]
+    expected["h_ratio"] = expected["h_uu"] * expected["h_rr"] / expected["h_ur"] ** 2
+    for key, value in expected.items():
+        assert got[key].item() == pytest.approx(value, rel=1e-9), key
+    assert torch.isnan(op_norm_ratios(h_star, h, torch.tensor([[-1, -1, -1]]))["h_star_ratio"]).all()
 
 
 def test_diag_ratio_by_hand():

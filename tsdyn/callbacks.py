@@ -21,7 +21,7 @@ from tsdyn.metrics.fanout import fanout_norms, fanout_split, matched_students, s
 from tsdyn.metrics.luck import convergence_epochs, nan_mean_median, spearman, top_pct
 from tsdyn.metrics.matching import best_match, hungarian_match, match_count, match_summary
 from tsdyn.metrics.pruning import prune_random_, prune_smallest_fanout_
-from tsdyn.metrics.theory import batch_means, diag_ratio, require_fc_without_bn
+from tsdyn.metrics.theory import batch_means, diag_ratio, op_norm_ratios, require_fc_without_bn
 from tsdyn.module import per_student_loss
 from tsdyn.nets import predict
 
@@ -160,19 +160,21 @@ class FanOut(Measurement):
     """Per hidden layer: each student node's fan-out norm (L2 of its outgoing weights), split into
     matched nodes (the best partner of a teacher node with correlation above ``threshold``) and the
     rest: ``fanout/layer<l>/matched_median``, ``unmatched_median``, ``unmatched_below_1pct``.
-    Arrays: norms, each student node's best correlation, the matched mask. W&B: log10-norm
-    histograms of both groups and the L-shape scatter."""
+    Under a BatchNorm after the ReLU the fan-out is the effective one (times gamma / sqrt(var + eps))
+    unless ``bn_effective=False``. Arrays: norms, each student node's best correlation, the matched
+    mask. W&B: log10-norm histograms of both groups and the L-shape scatter."""
 
     name = "fanout"
 
-    def __init__(self, every_n_epochs: int = 1, threshold: float = 0.9, media_every_n_epochs: int = 20):
+    def __init__(self, every_n_epochs: int = 1, threshold: float = 0.9, media_every_n_epochs: int = 20,
+                 bn_effective: bool = True):
         super().__init__(every_n_epochs, media_every_n_epochs)
-        self.threshold = float(threshold)
+        self.threshold, self.bn_effective = float(threshold), bool(bn_effective)
 
     def compute(self, pl_module, epoch: int):
         values, arrays = {}, {}
         for layer, c in enumerate(pl_module.snapshot(epoch).corr):
-            norms = fanout_norms(pl_module.student, layer)
+            norms = fanout_norms(pl_module.student, layer, bn_effective=self.bn_effective)
             matched = matched_students(c, self.threshold).to(norms.device)
             values.update({f"fanout/layer{layer}/{k}": v for k, v in fanout_split(norms, matched).items()})
             arrays.update({f"fanout_layer{layer}": norms, f"best_corr_layer{layer}": student_best_corr(c),
@@ -190,7 +192,7 @@ class FanOut(Measurement):
         pl_module.recorder.log_media(trainer, images={"fanout/lshape": plots.to_image(fig)}, histograms=histograms)
 
     def analysis(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, **per_layer(*self.last)}
+        return {"threshold": self.threshold, "bn_effective": self.bn_effective, **per_layer(*self.last)}
 
 
 class BNBias(Measurement):
@@ -254,7 +256,10 @@ class BetaH(Measurement):
     """The theory's batch means of beta*, beta, H*, H per hidden layer on the first ``n_samples``
     evaluation inputs (all of them if fewer; fully connected nets without BN only), and the diagonal
     dominance of beta* and H* after reordering students by their Hungarian match
-    (``theory/layer<l>/beta_star_diag_ratio``, ``h_star_diag_ratio``). Arrays: the four means per layer."""
+    (``theory/layer<l>/beta_star_diag_ratio``, ``h_star_diag_ratio``), and beside it the authors'
+    notebook measure, operator-norm ratios of H* and H split into best students and the rest
+    (``h_star_ratio_op``, ``h_ratio_op``: :func:`tsdyn.metrics.theory.op_norm_ratios`). Arrays: the
+    four means per layer."""
 
     name = "theory"
 
@@ -283,6 +288,8 @@ class BetaH(Measurement):
             students = hungarian_match(c)[1]
             for key in ("beta_star", "h_star"):
                 values[f"theory/layer{layer}/{key}_diag_ratio"] = diag_ratio(means[key][layer], students)
+            ratios = op_norm_ratios(means["h_star"][layer], means["h"][layer], best_match(c)[1])
+            values.update({f"theory/layer{layer}/{key}_op": ratios[key] for key in ("h_star_ratio", "h_ratio")})
             arrays.update({f"{key}_layer{layer}": means[key][layer] for key in means})
         return values, arrays
 
@@ -354,13 +361,15 @@ class Luck(EpochMeasurement):
 
 class Pruning(pl.Callback):
     """After training, on copies of the student: remove the ``share`` of each hidden layer's nodes
-    with the smallest fan-out (``norm_ord`` 1: the paper's mean |fan-out|) and, as the control, a
+    with the smallest fan-out (``norm_ord`` 1: the paper's mean |fan-out|; effective under a BatchNorm
+    after the ReLU unless ``bn_effective=False``) and, as the control, a
     random ``share`` (seeded by ``seed``); the evaluation loss before and after each
     (``prune/loss_before``, ``prune/fanout/loss_after``, ``prune/random/loss_after``) and the
     ``pruning`` section of ``analysis.json``."""
 
-    def __init__(self, share: float = 0.5, seed: int = 0, norm_ord: float = 1):
+    def __init__(self, share: float = 0.5, seed: int = 0, norm_ord: float = 1, bn_effective: bool = True):
         self.share, self.seed, self.norm_ord = float(share), int(seed), float(norm_ord)
+        self.bn_effective = bool(bn_effective)
 
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module) -> None:
@@ -369,13 +378,13 @@ class Pruning(pl.Callback):
 
         student = copy.deepcopy(pl_module.student).eval()
         by_fanout, by_chance = copy.deepcopy(student), copy.deepcopy(student)
-        removed = prune_smallest_fanout_(by_fanout, self.share, ord=self.norm_ord)
+        removed = prune_smallest_fanout_(by_fanout, self.share, ord=self.norm_ord, bn_effective=self.bn_effective)
         prune_random_(by_chance, self.share, torch.Generator().manual_seed(self.seed))
         values = {"prune/loss_before": eval_loss(student), "prune/fanout/loss_after": eval_loss(by_fanout),
                   "prune/random/loss_after": eval_loss(by_chance)}
         row = pl_module.recorder.log_members(trainer, values, trainer.current_epoch)
         pl_module.recorder.write_analysis("pruning", {
-            "share": self.share, "norm_ord": self.norm_ord, "seed": self.seed,
+            "share": self.share, "norm_ord": self.norm_ord, "bn_effective": self.bn_effective, "seed": self.seed,
             "removed_per_layer": [int(r.shape[-1]) for r in removed],
             "widths": [int(pl_module.student.fan_out(layer).shape[-1]) for layer in range(len(removed))],
             "loss_before": row["prune/loss_before"], "fanout_loss_after": row["prune/fanout/loss_after"],

@@ -56,8 +56,8 @@ def one_of(choices) -> Rule:
 
 RULES: dict[str, Rule] = {
     "teacher.d": (lambda v: POSITIVE_INT[0](v) or (isinstance(v, list) and len(v) == 3 and POSITIVE_INT_LIST[0](v)),
-                  "a positive integer (fully connected teacher) or the image shape [C, H, W] of image data "
-                  "(conv teacher: data=fashion_mnist, mnist or cifar10)"),
+                  "a positive integer (fully connected teacher) or an input shape [C, H, W] (conv teacher: "
+                  "image data, or Gaussian inputs of that shape)"),
     "teacher.kernel_size": POSITIVE_INT,
     "teacher.ks": POSITIVE_INT_LIST,
     "teacher.d_out": POSITIVE_INT,
@@ -65,6 +65,9 @@ RULES: dict[str, Rule] = {
     "teacher.weight_choices": NUMBER_LIST,
     "teacher.strength_decay": NON_NEGATIVE,
     "teacher.bias_tune": OPEN_UNIT,
+    "teacher.normalize": one_of(ROW_NORMS),
+    "teacher.bias": (lambda v: v is None or _is_num(v), "null (biases ~ U(-0.5, 0.5)) or a number (every bias)"),
+    "teacher.standardize_outputs": BOOL,
     "teacher.bn": one_of(BN_PLACEMENTS),
     "teacher.bn_affine": BOOL,
     "student.width_mult": POSITIVE_INT,
@@ -115,6 +118,7 @@ CALLBACK_RULES: dict[str, Rule] = {  # fields of any callbacks.<name> entry
     "share": UNIT,
     "seed": NON_NEGATIVE_INT,
     "norm_ord": POSITIVE,
+    "bn_effective": BOOL,
 }
 
 
@@ -145,10 +149,11 @@ def validate(cfg: DictConfig) -> None:
         if not (_is_num(lr) and lr > 0):
             fail(f"optimizer.lr_schedule.{epoch}", lr, "a learning rate > 0")
 
-    if _plain(cfg, "student.init") == "perturb":
+    init = _plain(cfg, "student.init")
+    if init in ("perturb", "gaussian_plus_teacher"):
         std = _plain(cfg, "student.perturb_std")
         if not (_is_num(std) and std >= 0):
-            fail("student.perturb_std", std, "a noise std >= 0 (student.init=perturb needs one)")
+            fail("student.perturb_std", std, f"a noise std >= 0 (student.init={init} needs one)")
 
     n_train, bs = _plain(cfg, "data.n_train"), _plain(cfg, "data.batch_size")
     if _is_int(n_train) and _is_int(bs) and bs > n_train:
@@ -207,8 +212,9 @@ def check_inputs(cfg: DictConfig) -> None:
     if shape is not None and d != (shape if kind == "conv" else _plain(cfg, "data.input_dim")):
         expected = shape if kind == "conv" else f"{_plain(cfg, 'data.input_dim')} (flattened {shape})"
         fail(key, value, f"a teacher reading data={dataset}'s inputs {expected}; this one reads {d}")
-    if shape is None and kind == "conv":
-        fail(key, value, "image data for a conv teacher (data=fashion_mnist, mnist or cifar10)")
+    if shape is None and kind == "conv" and not (isinstance(d, list) and len(d) == 3):
+        fail(key, value, "an input shape [C, H, W]: image data (data=fashion_mnist, mnist or cifar10) or "
+                         "Gaussian inputs of that shape")
     for name in (_plain(cfg, "callbacks") or {}):
         if kind == "conv" and theory_required(cfg, name):
             fail(f"callbacks.{name}.required", True, f"false for a conv teacher (the beta/H theory needs fully "

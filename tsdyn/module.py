@@ -105,7 +105,11 @@ class TeacherStudent(pl.LightningModule):
         self.optimizer_factory, self.lr_schedule = optimizer, dict(lr_schedule or {})
         self.loss_kind, self.steps_per_call, self.log_every = loss, int(steps_per_call), int(log_every_n_steps)
         self.recorder = recorder or Recorder(None)
-        self.renormalize = renormalize  # None, or normalize_rows' ``by``: projected SGD
+        # projected SGD (None, or normalize_rows' ``by``): the student starts on the sphere (projected
+        # here, as the authors normalise before training) and is projected after every optimizer step
+        self.renormalize = renormalize
+        if renormalize:
+            renormalize_(student, renormalize)
         self.stop_signal: int | None = None  # set by a signal handler (tsdyn.resume.StopOnSignal)
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end (checkpointed)
         self._resumed: dict | None = None  # this module's part of the checkpoint resumed from

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BN_PLACEMENTS = ("none", "after_relu", "before_relu")
-INIT_MODES = ("default", "perturb", "same_dir", "same_sign")
+INIT_MODES = ("default", "perturb", "same_dir", "same_sign", "gaussian_plus_teacher")
 ROW_NORMS = ("weight", "fan_in")
 DEFAULT_WEIGHT_CHOICES = (-0.5, -0.25, 0.0, 0.25, 0.5)
 
@@ -304,25 +304,36 @@ def separable_rows(rows: int, cols: int, choices: Sequence[float], generator: to
 
 
 def init_teacher_(net: EnsembleNet, seed: int, weight_choices: Sequence[float] = DEFAULT_WEIGHT_CHOICES,
-                  strength_decay: float = 0.0) -> None:
-    """The paper's "separable" teacher init, in place, on every layer including the output.
+                  strength_decay: float = 0.0, normalize: str = "weight", bias: float | None = None) -> None:
+    """The paper's "separable" teacher init, in place, on every layer including the output, in
+    the follow-up's order:
 
-    Rows from ``weight_choices`` (distinct, non-zero), bias ~ U(-0.5, 0.5), then each row with
-    its bias divided by its L2 norm + 1e-5. ``strength_decay`` p then divides the fan-out column
-    of lower node i by (1+i)^p in every layer above the first. A row is everything an output node
-    (a conv: an output channel) reads; a node's fan-out column is the weights' last axis.
+    1. rows from ``weight_choices`` (distinct, non-zero), bias ~ U(-0.5, 0.5) (or the constant
+       ``bias``, as the matrix-form theorem script's ``-bias`` row);
+    2. strength decay p: in every layer above the first (the output layer too) the fan-out column
+       of lower node i divided by (1+i)^p;
+    3. each row and its bias divided by a norm + 1e-5 (:func:`normalize_rows`): ``normalize="weight"``
+       the weight row's norm (the authors' main script), ``"fan_in"`` the norm of the weights and
+       the bias together (their theorem script).
+
+    A row is everything an output node (a conv: an output channel) reads; a node's fan-out column
+    is the weights' last axis. Normalising after the decay leaves each row at unit norm, so the
+    decay makes the low-index nodes of a layer dominate their readers' rows.
     """
+    if normalize not in ROW_NORMS:
+        raise ValueError(f"teacher.normalize={normalize!r}: allowed {ROW_NORMS}")
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for layer, (w, b) in enumerate(zip(net.weights, net.biases)):
             for m in range(net.num_members):
                 rows, cols = w.shape[1], w[0, 0].numel()
-                wm = separable_rows(rows, cols, weight_choices, g)
+                wm = separable_rows(rows, cols, weight_choices, g).view(w.shape[1:])
                 bm = torch.rand(rows, generator=g) - 0.5
-                norm = torch.sqrt(wm.pow(2).sum(1) + bm.pow(2)) + 1e-5
-                wm, bm = (wm / norm[:, None]).view(w.shape[1:]), bm / norm
+                if bias is not None:
+                    bm = torch.full_like(bm, float(bias))
                 if layer > 0 and strength_decay:
                     wm = wm / (1.0 + torch.arange(w.shape[-1], dtype=wm.dtype)) ** strength_decay
+                wm, bm = normalize_rows(wm, bm, normalize, eps=1e-5)
                 w[m].copy_(wm)
                 b[m].copy_(bm)
 
@@ -338,6 +349,27 @@ def tune_biases_(net: ReLUNet, x: Tensor, active_fraction: float) -> None:
         b -= torch.quantile(z, 1.0 - active_fraction, dim=1)
         z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         h = torch.relu(z)
+
+
+@torch.no_grad()
+def standardize_outputs_(net: EnsembleNet, x: Tensor) -> None:
+    """Rescale every output row and bias so that each output has mean 0 and std 1 on ``x``
+    (``[N, ...]``; the follow-up's last-layer tuning): with the output's mean m and std s on
+    ``x``, ``w <- w / s`` and ``b <- (b - m) / s``. Outputs that are constant on ``x`` keep their
+    scale and only lose their mean. Before an output ReLU (the outputs' pre-activations)."""
+    relu = isinstance(net, ReLUNet) and net.output_relu
+    if relu:
+        net.output_relu = False
+    try:
+        z = predict(net, x)                               # [E, N, d_out] pre-activations
+    finally:
+        if relu:
+            net.output_relu = True
+    std, mean = torch.std_mean(z, dim=1, unbiased=False)  # [E, d_out]
+    scale = torch.where(std > 0, std, torch.ones_like(std))
+    w, b = net.weights[-1], net.biases[-1]
+    w /= scale.view(*scale.shape, *(1,) * (w.dim() - 2))
+    b.sub_(mean).div_(scale)
 
 
 @torch.no_grad()
@@ -359,43 +391,53 @@ def make_teacher(d: int, ks: Sequence[int], d_out: int, seed: int,
                  weight_choices: Sequence[float] = DEFAULT_WEIGHT_CHOICES,
                  strength_decay: float = 0.0, bias_tune: float | None = None,
                  bn: str = "none", bn_affine: bool = True, output_relu: bool = False,
+                 normalize: str = "weight", bias: float | None = None, standardize_outputs: bool = False,
                  input_sampler: Callable[[int, torch.Generator], Tensor] | None = None,
                  n_calibration: int = 10000) -> ReLUNet:
-    """Build the frozen, randomly initialised deep teacher (one member, eval mode).
+    """Build the frozen, randomly initialised deep teacher (one member, eval mode): the separable
+    init (:func:`init_teacher_`: ``weight_choices``, ``strength_decay``, ``normalize``, ``bias``),
+    then the follow-up's tuning on the data: ``bias_tune`` (:func:`tune_biases_`), BatchNorm
+    statistics, then ``standardize_outputs`` (:func:`standardize_outputs_`).
 
     ``input_sampler(n, generator) -> [n, d]`` draws inputs from the data distribution; it is
-    needed for bias tuning and for BatchNorm statistics.
+    needed for the tuning steps and for BatchNorm statistics.
     """
     return _init_teacher(ReLUNet(d, ks, d_out, 1, bn, bn_affine, output_relu), seed, weight_choices, strength_decay,
-                         bias_tune, input_sampler, n_calibration)
+                         normalize, bias, bias_tune, standardize_outputs, input_sampler, n_calibration)
 
 
 def make_conv_teacher(d: Sequence[int], ks: Sequence[int], d_out: int, seed: int,
                       weight_choices: Sequence[float] = DEFAULT_WEIGHT_CHOICES,
                       strength_decay: float = 0.0, bn: str = "none", bn_affine: bool = True,
-                      kernel_size: int = 3,
+                      kernel_size: int = 3, normalize: str = "weight", standardize_outputs: bool = False,
                       input_sampler: Callable[[int, torch.Generator], Tensor] | None = None,
                       n_calibration: int = 1000) -> ConvReLUNet:
-    """The frozen conv teacher for image inputs of shape ``d = (C, H, W)``: :class:`ConvReLUNet`
-    with the separable init (per output channel), BatchNorm statistics from ``input_sampler``'s
-    images. The starting point of ``tsdyn.pretrain_teacher``."""
+    """The frozen conv teacher for image-shaped inputs ``d = (C, H, W)`` (images, or Gaussian
+    inputs of that shape): :class:`ConvReLUNet` with the separable init (per output channel),
+    optional output standardisation and BatchNorm statistics from ``input_sampler``'s inputs. The
+    starting point of ``tsdyn.pretrain_teacher``."""
     return _init_teacher(ConvReLUNet(d, ks, d_out, 1, bn, bn_affine, kernel_size), seed, weight_choices,
-                         strength_decay, None, input_sampler, n_calibration)
+                         strength_decay, normalize, None, None, standardize_outputs, input_sampler, n_calibration)
 
 
 def _init_teacher(teacher: EnsembleNet, seed: int, weight_choices: Sequence[float], strength_decay: float,
-                  bias_tune: float | None, input_sampler: Callable[[int, torch.Generator], Tensor] | None,
+                  normalize: str, bias: float | None, bias_tune: float | None, standardize_outputs: bool,
+                  input_sampler: Callable[[int, torch.Generator], Tensor] | None,
                   n_calibration: int) -> EnsembleNet:
-    """Separable init, optional bias tuning, BN statistics from the data; frozen, in eval mode."""
+    """Separable init, optional bias tuning and output standardisation, BN statistics from the
+    data (all on the same ``n_calibration`` inputs); frozen, in eval mode."""
     bn = teacher.bn_placement
-    init_teacher_(teacher, seed, weight_choices, strength_decay)
-    if bias_tune is not None or bn != "none":
+    init_teacher_(teacher, seed, weight_choices, strength_decay, normalize, bias)
+    if bias_tune is not None or standardize_outputs or bn != "none":
         if input_sampler is None:
-            raise ValueError("teacher.bias_tune / teacher.bn need an input_sampler from the data")
+            raise ValueError("teacher.bias_tune / teacher.standardize_outputs / teacher.bn need an input_sampler "
+                             "from the data")
         x = input_sampler(n_calibration, torch.Generator().manual_seed(int(seed) + 1))
         if bias_tune is not None:
             tune_biases_(teacher, x, float(bias_tune))
         calibrate_bn_(teacher, x)
+        if standardize_outputs:
+            standardize_outputs_(teacher.eval(), x)
     teacher.requires_grad_(False)
     return teacher.eval()
 
@@ -440,11 +482,24 @@ def predict(net: EnsembleNet, x: Tensor, max_units: int = 2**25) -> Tensor:
 
 # --------------------------------------------------------------------------- student init
 
+def active_widths(net: EnsembleNet) -> list[int]:
+    """Per hidden layer, the nodes of member 0 that a pruning left in place: a removed node has
+    all-zero incoming weights, bias and fan-out (``tsdyn.pretrain_teacher``); every other node counts.
+    The authors size the student of a pruned teacher from these counts."""
+    widths = []
+    for layer, k in enumerate(net.ks):
+        w, b = net.weights[layer][0], net.biases[layer][0]
+        dead = (w.flatten(1).abs().sum(-1) == 0) & (b == 0) & (net.fan_out(layer)[0].abs().sum(0) == 0)
+        widths.append(k - int(dead.sum()))
+    return widths
+
+
 def make_student(teacher: EnsembleNet, width_mult: int = 10, num_students: int = 1, seed: int = 0,
                  bn: str = "none", bn_affine: bool = True, init: str = "default",
                  perturb_std: float | None = None, init_scale: float = 1.0) -> EnsembleNet:
     """A student of ``teacher``'s architecture and family (fully connected or conv) with hidden
-    widths (conv: channels) times ``width_mult``.
+    widths (conv: channels) times ``width_mult``: the teacher's active nodes per layer
+    (:func:`active_widths`: all of them, unless the teacher was pruned) times ``width_mult``.
 
     Member ``i`` is initialised from seed ``seed + i``, so an ensemble of E students equals E
     single-student runs with seeds ``seed .. seed+E-1``. ``init``:
@@ -454,21 +509,31 @@ def make_student(teacher: EnsembleNet, width_mult: int = 10, num_students: int =
       teacher's weights + N(0, perturb_std^2) noise; in hidden layers the remaining columns of
       those rows are zero (so at std 0 the block computes exactly the teacher's nodes), while the
       output layer keeps the default init outside the block (the fan-out of the non-teacher
-      nodes starts at the default scale, as in the theorem check); other rows keep the default
-      init. With ``width_mult=1`` the whole student is the perturbed teacher;
+      nodes starts at the default scale). With ``width_mult=1`` the whole student is the
+      perturbed teacher;
     - ``same_dir``: that block takes the teacher's direction with the default init's norm;
-    - ``same_sign``: default init, with signs flipped to the teacher's inside that block.
+    - ``same_sign``: default init, with signs flipped to the teacher's inside that block;
+    - ``gaussian_plus_teacher``: the authors' matrix-form theorem check (``--perturb``): every
+      weight and bias N(0, perturb_std^2), then the teacher's weights and biases added into the
+      first teacher-sized block of every layer.
     """
-    student = teacher.like(ks=[k * width_mult for k in teacher.ks], num_members=num_students,
-                           bn=bn, bn_affine=bn_affine)
+    widths = active_widths(teacher)
+    if widths != list(teacher.ks) and init != "default":
+        raise ValueError(f"student.init={init!r} needs an unpruned teacher; this one has {widths} of {teacher.ks} "
+                         f"nodes active")
+    student = teacher.like(ks=[k * width_mult for k in widths], num_members=num_students, bn=bn, bn_affine=bn_affine)
     with torch.no_grad():
         for i in range(num_students):
             g = torch.Generator().manual_seed(int(seed) + i)
             layers = zip(student.weights, student.biases, teacher.weights, teacher.biases)
             for layer, (w, b, tw, tb) in enumerate(layers):
-                bound = 1.0 / math.sqrt(w[0, 0].numel())
-                w[i].uniform_(-bound, bound, generator=g).mul_(init_scale)
-                b[i].uniform_(-bound, bound, generator=g).mul_(init_scale)
+                if init == "gaussian_plus_teacher":
+                    w[i].normal_(0.0, perturb_std, generator=g)
+                    b[i].normal_(0.0, perturb_std, generator=g)
+                else:
+                    bound = 1.0 / math.sqrt(w[0, 0].numel())
+                    w[i].uniform_(-bound, bound, generator=g).mul_(init_scale)
+                    b[i].uniform_(-bound, bound, generator=g).mul_(init_scale)
                 if init != "default":
                     hidden = layer < teacher.num_hidden
                     _copy_teacher_block_(w[i], b[i], tw[0], tb[0], init, perturb_std, g, hidden)
@@ -484,6 +549,9 @@ def _copy_teacher_block_(w: Tensor, b: Tensor, tw: Tensor, tb: Tensor, mode: str
             w[:rows] = 0.0
         w[block] = tw + perturb_std * torch.randn(tw.shape, generator=g)
         b[:rows] = tb + perturb_std * torch.randn(tb.shape, generator=g)
+    elif mode == "gaussian_plus_teacher":
+        w[block] += tw
+        b[:rows] += tb
     elif mode == "same_dir":
         scale = w[block].norm() / tw.norm()
         w[block] = tw * scale

@@ -30,6 +30,7 @@ from tsdyn.metrics.pruning import prune_smallest_fanout_
 from tsdyn.module import lr_at
 from tsdyn.nets import EnsembleNet, predict, save_teacher
 from tsdyn.recorder import Recorder
+from tsdyn.slurm import set_threads
 from tsdyn.train import build_teacher
 
 
@@ -65,8 +66,7 @@ def evaluate_accuracy(net: EnsembleNet, x: torch.Tensor, labels: torch.Tensor) -
 
 def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     """Train ``cfg.teacher`` on ``cfg.data``'s labels; write the teacher file and ``summary.json``."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     start = time.perf_counter()

@@ -19,7 +19,10 @@ table when the runs lack its data:
    best correlation vs fan-out norm at the end (the L-shape);
 5. ``bn_bias``: BatchNorm bias histograms per layer, share <= 0 in the legend;
 6. ``sorted_corr``: each teacher node's top-20 student correlations, sorted, at initialisation and
-   at the end.
+   at the end;
+7. ``fanout_sorted``: every student's final fan-out norms, sorted, per group and layer (log scale);
+8. ``specialization``: per teacher node (index = strength rank under strength decay), the share of
+   students whose best correlation with it exceeds 0.95 at the end, per layer.
 """
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import torch
 from matplotlib import colormaps, rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from tsdyn.metrics.matching import recovery_rate
 from tsdyn.plots import grid
 from tsdyn.runs import RunFolder, find_runs, newest_output
 
@@ -419,6 +424,47 @@ def fig_sorted_corr(groups: list[Group], spread: str):
     return fig, None
 
 
+def fig_fanout_sorted(groups: list[Group], _spread: str):
+    pairs, _ = array_runs(groups, "fanout", "fanout_layer")
+    if not pairs:
+        return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
+    cells: dict[tuple[str, int], tuple[Group, list[np.ndarray]]] = {}
+    for g, r in pairs:
+        arrays = last_arrays(r, "fanout")
+        for layer in _layers_in(arrays, "fanout_layer"):
+            cells.setdefault((g.label, layer), (g, []))[1].extend(arrays[f"fanout_layer{layer}"])
+    chosen = list(cells.items())[:MAX_PANELS]
+    fig, axes = panels(len(chosen))
+    for ax, ((label, layer), (g, fans)) in zip(axes, chosen):
+        for fan in fans:
+            ax.plot(np.arange(len(fan)), np.sort(np.maximum(fan, 1e-12))[::-1], ".-", ms=2, lw=0.6, color=g.color,
+                    alpha=0.7)
+        ax.set(title=f"{label}\n{layer_title(layer)}", xlabel="student node (sorted)", ylabel="fan-out norm",
+               yscale="log")
+    same_ylim(axes)
+    integer_xticks(axes)
+    fig.suptitle("Final fan-out norms, sorted")
+    return fig, None
+
+
+def fig_specialization(groups: list[Group], _spread: str, threshold: float = 0.95):
+    fig, cells, shown = layer_panels(groups, "match", "best_layer")
+    if fig is None:
+        return None, "no best_layer<l> in arrays/match_epochNNN.npz"
+    for ax, layer, found in cells:
+        for g in shown:
+            best = [a[f"best_layer{layer}"] for gg, a in found if gg is g]
+            if best:
+                rate = recovery_rate(torch.as_tensor(np.concatenate(best)), threshold).numpy()
+                ax.plot(np.arange(len(rate)), rate, "o-", ms=3, color=g.color)
+        ax.set(title=layer_title(layer), xlabel="teacher node", ylabel=f"share of students, best corr > {threshold}",
+               ylim=(-0.03, 1.03))
+    integer_xticks([ax for ax, _, _ in cells])
+    fig.suptitle("Teacher nodes recovered")
+    legend(fig, shown)
+    return fig, None
+
+
 # name: (caption in report.md, with {band} and {layers} filled in; the figure function)
 FIGURES: dict[str, tuple[str, Callable]] = {
     "curves": ("Mean best correlation of each teacher node with any student node, per hidden layer, and the "
@@ -443,6 +489,12 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     "sorted_corr": (f"Each teacher node's top-{TOP_K} student correlations, sorted, at initialisation (dashed) "
                     "and at the end (solid). Line: mean over teacher nodes, runs and students; band: {band}. "
                     "{layers}.", fig_sorted_corr),
+    "fanout_sorted": (f"Final fan-out norms of every student node, sorted in descending order: one line per "
+                      f"student of every completed run of a group (at most {MAX_PANELS} panels). "
+                      "{layers}.", fig_fanout_sorted),
+    "specialization": ("Specialization: for each teacher node, in index order (the strength rank under strength "
+                       "decay), the share of all students of a group whose best correlation with it exceeds 0.95 "
+                       "at the end. {layers}.", fig_specialization),
 }
 
 
@@ -450,6 +502,12 @@ FIGURES: dict[str, tuple[str, Callable]] = {
 
 def fmt(x: float) -> str:
     return "n/a" if not np.isfinite(x) else (f"{x:.4g}" if x != 0 and (abs(x) < 0.01 or abs(x) >= 1000) else f"{x:.4f}")
+
+
+def median_cell(values: np.ndarray) -> str:
+    """``median [min, max]`` of the finite ``values``, or ``n/a``."""
+    v = values[np.isfinite(values)]
+    return f"{fmt(float(np.median(v)))} [{fmt(float(v.min()))}, {fmt(float(v.max()))}]" if v.size else "n/a"
 
 
 def cell(stats: tuple[float, float, float, int]) -> str:
@@ -479,6 +537,34 @@ def teacher_block_wins(run: RunFolder) -> dict[int, np.ndarray]:
         hits = (idx == np.arange(idx.shape[-1])) & live
         out[layer] = hits.sum(-1) / np.maximum(live.sum(-1), 1)
     return out
+
+
+def teacher_block_fanout(run: RunFolder) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per layer: the final fan-out norms of the teacher-initialised student nodes (the first K_t
+    of each student, student.init other than default) and of the rest, every student pooled."""
+    ks = run.config_value("teacher.ks")
+    if not run.array_epochs("fanout") or not isinstance(ks, list):
+        return {}
+    arrays = last_arrays(run, "fanout")
+    fans = {layer: arrays[f"fanout_layer{layer}"] for layer in _layers_in(arrays, "fanout_layer") if layer < len(ks)}
+    return {layer: (fan[:, :ks[layer]].ravel(), fan[:, ks[layer]:].ravel()) for layer, fan in fans.items()}
+
+
+def specialization_rows(groups: list[Group], threshold: float = 0.95) -> list[list[str]]:
+    """Per group and layer: the share of students recovering each teacher node (index order)."""
+    rows = []
+    for g in groups:
+        per_layer: dict[int, list[np.ndarray]] = {}
+        for r in g.completed:
+            if r.array_epochs("match"):
+                arrays = last_arrays(r, "match")
+                for layer in _layers_in(arrays, "best_layer"):
+                    per_layer.setdefault(layer, []).append(arrays[f"best_layer{layer}"])
+        for layer, best in sorted(per_layer.items()):
+            rate = recovery_rate(torch.as_tensor(np.concatenate(best)), threshold).numpy()
+            rows.append([g.label, str(layer), str(sum(len(b) for b in best)),
+                         " ".join("-" if np.isnan(v) else f"{v:.2f}" for v in rate)])
+    return rows
 
 
 def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dict[str, str], spread: str) -> str:
@@ -521,6 +607,23 @@ def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dic
         lines += table(["group", *[f"layer {layer}" for layer in win_layers]],
                        [[label, *[cell(band(w[layer] for w in per_run if layer in w)) for layer in win_layers]]
                         for label, per_run in wins.items()])
+
+        lines += ["", "## Fan-out of the teacher-initialised nodes and of the rest (end of training)", "",
+                  "Median [min, max] of the final fan-out norms, every student of the group pooled.", ""]
+        fan_rows = []
+        for g in perturbed:
+            fans = [teacher_block_fanout(r) for r in g.completed]
+            for layer in sorted({layer for f in fans for layer in f}):
+                block = [np.concatenate([f[layer][i] for f in fans if layer in f]) for i in (0, 1)]
+                fan_rows.append([g.label, str(layer), *[median_cell(b) for b in block]])
+        lines += table(["group", "layer", "teacher-initialised nodes", "other nodes"], fan_rows)
+
+    spec = specialization_rows(groups)
+    if spec:
+        lines += ["", "## Specialization: teacher nodes recovered", "",
+                  "Per teacher node in index order (the strength rank under strength decay): the share of students "
+                  "whose best correlation with it exceeds 0.95 at the end (- = a dead teacher node).", ""]
+        lines += table(["group", "layer", "students", "share per teacher node"], spec)
 
     bad = [r for r in runs if r.status != "completed"]
     if bad:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +26,7 @@ from tsdyn.module import Diverged, Interrupted, TeacherStudent
 from tsdyn.multirun import in_multirun, multirun_job
 from tsdyn.recorder import Recorder
 from tsdyn.resume import CheckpointOnInterrupt, StopOnSignal, continue_in, last_checkpoint, resumed_config
+from tsdyn.slurm import set_threads
 
 log = logging.getLogger("tsdyn")
 
@@ -78,8 +78,7 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     ``completed``, ``diverged`` (``diverged_at_step``: where the non-finite loss was seen),
     ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
     ``failed`` (the error is re-raised)."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"))
     module, trainer = build(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None and not ckpt.exists():

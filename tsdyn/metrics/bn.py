@@ -1,4 +1,4 @@
-"""BatchNorm bias signs: evidence for sparse activations (PAPER.md sections 2 and 3).
+"""BatchNorm bias signs: evidence for sparse activations (docs/SCIENCE.md sections 2 and 3).
 
 With BatchNorm before a ReLU, node k outputs ``relu(gamma_k * xhat + beta_k)`` with ``xhat`` of zero
 mean and unit variance, so it is active on less than half of the inputs (for a symmetric ``xhat``)

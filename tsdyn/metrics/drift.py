@@ -1,4 +1,4 @@
-"""Weight drift: how far each node's fan-out moved from its initial value (PAPER.md section 3)."""
+"""Weight drift: how far each node's fan-out moved from its initial value (docs/SCIENCE.md section 3)."""
 from __future__ import annotations
 
 import torch

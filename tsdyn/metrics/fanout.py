@@ -1,8 +1,14 @@
-"""Fan-out norms and the matched / unmatched split of student nodes (PAPER.md section 3).
+"""Fan-out norms and the matched / unmatched split of student nodes (docs/SCIENCE.md section 3).
 
 The fan-out of hidden node k of layer l is every weight leaving it: column k of
 ``net.fan_out(l)`` (``[E, R, K_l]``; conv nets: a channel's outgoing kernels). Lucky student nodes
 that match a teacher node keep a large fan-out, the others' fan-out shrinks (the "L-shape").
+
+With a BatchNorm between a node and the next layer (BN after the ReLU, the authors' default
+placement), what the next layer receives from node k is its normalised output times the column:
+the effective fan-out is the column times ``gamma_k / sqrt(running_var_k + eps)`` (``gamma_k = 1``
+without affine BN). It is the default for the norms below; ``bn_effective=False`` gives the raw
+column. BN before the ReLU sits inside the node, so its fan-out is the raw column.
 """
 from __future__ import annotations
 
@@ -12,9 +18,24 @@ from torch import Tensor
 from tsdyn.metrics.matching import best_match
 
 
-def fanout_norms(net, layer: int, ord: float = 2) -> Tensor:
-    """``ord``-norm of each node's outgoing weights in hidden layer ``layer``: ``[E, K_l]``."""
-    return torch.linalg.vector_norm(net.fan_out(layer).detach(), ord=ord, dim=-2)
+def effective_fan_out(net, layer: int, bn_effective: bool = True) -> Tensor:
+    """Outgoing weights of hidden layer ``layer``'s nodes, ``[E, R, K_l]`` (a copy): the columns of
+    ``net.fan_out(layer)``, times the BatchNorm scale ``gamma_k / sqrt(running_var_k + eps)`` when a
+    BN sits between the node and the next layer and ``bn_effective`` (see the module docstring)."""
+    fan = net.fan_out(layer).detach()
+    if bn_effective and net.bns is not None and net.bn_placement == "after_relu":
+        bn = net.bns[layer]
+        scale = torch.rsqrt(bn.running_var + bn.eps)                  # [E, K_l]
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach()
+        return fan * scale[:, None, :]
+    return fan.clone()
+
+
+def fanout_norms(net, layer: int, ord: float = 2, bn_effective: bool = True) -> Tensor:
+    """``ord``-norm of each node's outgoing weights in hidden layer ``layer`` (effective under a
+    BatchNorm after the ReLU unless ``bn_effective=False``, :func:`effective_fan_out`): ``[E, K_l]``."""
+    return torch.linalg.vector_norm(effective_fan_out(net, layer, bn_effective), ord=ord, dim=-2)
 
 
 def student_best_corr(c: Tensor) -> Tensor:

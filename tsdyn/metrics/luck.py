@@ -1,8 +1,9 @@
-"""Luck: were the final winners already ahead early on? (PAPER.md sections 2 and 3)
+"""Luck: were the final winners already ahead early on? (docs/SCIENCE.md sections 2 and 3)
 
 For teacher node j, the final best student k*(j) is looked up in the ordering of ``C_b[j, :]`` at a
-baseline moment b (initialisation, or after epoch 1, 2, ...). Its rank there (1 = the best
-student at b) as a share of the layer's student nodes is the "top-%": 100 * rank / K_s.
+baseline moment b (initialisation, or after epoch 1, 2, ...). Its 0-based position there (0 = the
+best student at b) as a share of the layer's student nodes is the "top-%": 100 * position / K_s,
+the authors' notebooks' convention (a winner that was already the best scores 0%).
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ def top_pct(c_base: Tensor, winners: Tensor) -> Tensor:
     """Top-% rank of each teacher node's final best student in the baseline ordering.
 
     ``c_base``: ``[E, K_t, K_s]`` correlations at the baseline; ``winners``: ``[E, K_t]`` final best
-    student indices (-1 = dead teacher node). Returns ``[E, K_t]``: 100 * rank / K_s with rank = 1 +
-    the number of students correlating strictly better than the winner at the baseline (ties share
-    the best rank); NaN for dead teacher nodes (at the baseline or at the end).
+    student indices (-1 = dead teacher node). Returns ``[E, K_t]``: 100 * position / K_s with the
+    0-based position = the number of students correlating strictly better than the winner at the
+    baseline (ties share the best position); NaN for dead teacher nodes (at the baseline or at the end).
     """
     dead = (winners < 0) | torch.isnan(c_base).all(-1)
     own = c_base.gather(-1, winners.clamp(min=0)[..., None])             # [E, K_t, 1]
-    rank = 1 + (c_base > own).sum(-1)
-    return (100.0 * rank / c_base.shape[-1]).masked_fill(dead, float("nan"))
+    position = (c_base > own).sum(-1)
+    return (100.0 * position / c_base.shape[-1]).masked_fill(dead, float("nan"))
 
 
 def nan_mean_median(x: Tensor) -> tuple[Tensor, Tensor]:

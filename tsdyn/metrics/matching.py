@@ -1,4 +1,4 @@
-"""Teacher-student node matching by activation correlation (PAPER.md section 3)."""
+"""Teacher-student node matching by activation correlation (docs/SCIENCE.md section 3)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -94,3 +94,14 @@ def match_count(c: Tensor, thresholds: Sequence[float]) -> dict[str, Tensor]:
     n_live = live.sum(-1).clamp(min=1)
     filled = torch.nan_to_num(c, nan=-2.0)
     return {f"matchcnt_{t:g}": ((filled > t).sum(-1) * live).sum(-1) / n_live for t in thresholds}
+
+
+def recovery_rate(best: Tensor, threshold: float = 0.95) -> Tensor:
+    """The follow-up's specialization measure: per teacher node, the share of students (seeds) in
+    which some student node correlates above ``threshold`` with it. ``best``: ``[S, K_t]`` each
+    student's best correlation per teacher node (NaN = dead teacher node) -> ``[K_t]``, over the
+    students where the node is live (NaN if it is dead in all of them)."""
+    live = ~torch.isnan(best)
+    hits = (torch.nan_to_num(best, nan=-2.0) > threshold) & live
+    n = live.sum(0)
+    return (hits.sum(0) / n.clamp(min=1)).to(torch.float64).masked_fill(n == 0, float("nan"))

@@ -1,4 +1,4 @@
-"""Node removal by fan-out ("lottery ticket" pruning, PAPER.md section 3) and its random control.
+"""Node removal by fan-out ("lottery ticket" pruning, docs/SCIENCE.md section 3) and its random control.
 
 Works on any net that exposes ``fan_out(layer) -> [E, R, K_l]``: a writeable view whose column k
 holds every weight leaving node k of hidden layer ``layer`` (``ReLUNet``: the next layer's weight;
@@ -50,12 +50,15 @@ def prune_(net, layer: int, nodes: Tensor) -> Tensor:
     return nodes
 
 
-def prune_smallest_fanout_(net, share: float, layers: Sequence[int] | None = None, ord: float = 1) -> list[Tensor]:
+def prune_smallest_fanout_(net, share: float, layers: Sequence[int] | None = None, ord: float = 1,
+                           bn_effective: bool = True) -> list[Tensor]:
     """Remove the ``share`` of nodes with the smallest fan-out norm (``ord`` 1 ranks like the mean
-    |fan-out| of the paper, 2 by the L2 norm) in each hidden layer of ``layers`` (default: all).
-    Norms are taken before any removal. Returns the removed indices per layer, ``[E, n_l]`` each."""
+    |fan-out| of the paper, 2 by the L2 norm; under a BatchNorm after the ReLU the effective fan-out
+    unless ``bn_effective=False``, see :mod:`tsdyn.metrics.fanout`) in each hidden layer of
+    ``layers`` (default: all). Norms are taken before any removal. Returns the removed indices per
+    layer, ``[E, n_l]`` each."""
     layers = range(net.num_hidden) if layers is None else layers
-    chosen = [smallest_fanout_nodes(fanout_norms(net, layer, ord), share) for layer in layers]
+    chosen = [smallest_fanout_nodes(fanout_norms(net, layer, ord, bn_effective), share) for layer in layers]
     return [prune_(net, layer, idx) for layer, idx in zip(layers, chosen)]
 
 

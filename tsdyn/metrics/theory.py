@@ -1,4 +1,4 @@
-"""beta / H: the top-down recursion of the theory (PAPER.md section 2), fully connected nets without BN.
+"""beta / H: the top-down recursion of the theory (docs/SCIENCE.md section 2), fully connected nets without BN.
 
 Augmented weights ``W~ = [[W, b], [0, 1]]`` and augmented activations ``f~ = [f, 1]``. From the
 output (``H_L = I``) down: ``beta_l = W~_{l+1}^T H_{l+1} W~'_{l+1}`` and ``H_l = D_l beta_l D'_l``
@@ -93,3 +93,37 @@ def diag_ratio(m: Tensor, students: Tensor) -> Tensor:
     diag = (rows * (pair & eye)).sum((1, 2)) / (pair & eye).sum((1, 2))
     off = (rows * (pair & ~eye)).sum((1, 2)) / (pair & ~eye).sum((1, 2))
     return (diag / off).masked_fill(ok.sum(-1) < 2, float("nan"))
+
+
+def op_norm_ratios(h_star: Tensor, h: Tensor, students: Tensor) -> dict[str, Tensor]:
+    """The authors' notebook measure of how block-diagonal H* and H are: students split into
+    ``u``, the distinct best students of the teacher nodes (``students`` ``[E, K_t]``, -1 = none),
+    and ``r``, the rest; with the operator norm ``op(A)`` (largest singular value) and bias slots
+    left out (``h_star`` ``[E, K_s + 1, K_t + 1]``, ``h`` ``[E, K_s + 1, K_s + 1]``):
+
+    - ``h_star_uu = op(H*[u, :]) / sqrt(n_u K_t)``, ``h_star_ur = op(H*[r, :]) / sqrt(n_r K_t)``;
+    - ``h_uu = op(H[u, u]) / n_u``, ``h_ur = op(H[r, u]) / sqrt(n_u n_r)``, ``h_rr = op(H[r, r]) / n_r``;
+    - ``h_star_ratio = h_star_ur / h_star_uu`` (small: the matched students carry H*) and
+      ``h_ratio = h_uu h_rr / h_ur^2`` (large: little coupling between the two groups).
+
+    Returns ``{name: [E]}``; NaN where ``u`` or ``r`` is empty. (The notebooks also divide by the
+    values of layer 0 at initialisation; that is left to the reader of the logged values.)"""
+    k_s, k_t = h.shape[-1] - 1, h_star.shape[-1] - 1
+    out: dict[str, list[float]] = {k: [] for k in ("h_star_uu", "h_star_ur", "h_uu", "h_ur", "h_rr")}
+    op = lambda a: torch.linalg.matrix_norm(a.double(), ord=2).item() if a.numel() else float("nan")  # noqa: E731
+    for e in range(h.shape[0]):
+        u = torch.unique(students[e][students[e] >= 0]).to(h.device)
+        is_u = torch.zeros(k_s, dtype=torch.bool, device=h.device)
+        is_u[u] = True
+        r = torch.nonzero(~is_u).flatten()
+        n_u, n_r = len(u), len(r)
+        hs, hh = h_star[e, :k_s, :k_t], h[e, :k_s, :k_s]
+        out["h_star_uu"].append(op(hs[u]) / (n_u * k_t) ** 0.5 if n_u else float("nan"))
+        out["h_star_ur"].append(op(hs[r]) / (n_r * k_t) ** 0.5 if n_r else float("nan"))
+        out["h_uu"].append(op(hh[u][:, u]) / n_u if n_u else float("nan"))
+        out["h_ur"].append(op(hh[r][:, u]) / (n_u * n_r) ** 0.5 if n_u and n_r else float("nan"))
+        out["h_rr"].append(op(hh[r][:, r]) / n_r if n_r else float("nan"))
+    t = {k: torch.tensor(v, dtype=h.dtype) for k, v in out.items()}
+    t["h_star_ratio"] = t["h_star_ur"] / t["h_star_uu"]
+    t["h_ratio"] = t["h_uu"] * t["h_rr"] / t["h_ur"] ** 2
+    return t

@@ -1,0 +1,154 @@
+"""SLURM for real, on a private one-node cluster (the ``slurm_cluster`` fixture, tests/slurm_cluster.py):
+a sweep preset runs as one array under ``hydra/launcher=slurm`` and the report reads it; a failed
+task is recorded in its folder while the others complete; a task pre-empted with
+``scancel --signal=USR2`` checkpoints, is requeued, resumes and ends exactly as an uninterrupted
+run; the W&B group spans the tasks; no sacct warning on a cluster without accounting. Plus the
+pieces that need no cluster (squeue parsing, threads from SLURM)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from tests.conftest import ROOT
+from tests.test_reliability import assert_same_run
+from tsdyn.recorder import read_metrics
+from tsdyn.report import main as report
+from tsdyn.runs import find_runs
+from tsdyn.slurm import GONE, SqueueWatcher, set_threads
+from tsdyn.train import run
+
+# three tasks of the width preset, one CPU each (this node has 2): task 0 (width_mult 2) and task 2
+# (width_mult 1) train 3 short epochs of 128 steps, task 0 is pre-empted in its second epoch; task 1
+# (width_mult 0) is refused, a failed task
+SWEEP = ["sweep=width", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "student.width_mult=2,0,1",
+         "student.num_students=1", "epochs=3", "data.n_train=8192", "data.n_eval=512", "steps_per_call=16",
+         "log_every_n_steps=16", "trainer.enable_progress_bar=false", "callbacks=minimal", "logger=wandb"]
+PREEMPTED = 0
+
+
+def on_the_cluster(test):
+    """A test on the cluster: slow, marked slurm, run by the one xdist worker that starts the cluster."""
+    return pytest.mark.slow(pytest.mark.slurm(pytest.mark.xdist_group("slurm")(test)))
+
+
+@pytest.fixture(scope="module")
+def array_run(slurm_cluster, tmp_path_factory):
+    """The sweep, run once through the cluster; task PREEMPTED gets USR2 once its second epoch has
+    logged a training loss (as SLURM's pre-emption, or the time limit through submitit, would)."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "tsdyn.train", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=ROOT, env=slurm_cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        run_dir = sweep_dir / str(PREEMPTED)
+        while not any(r["epoch"] >= 1 and "loss/train" in r for r in read_metrics(run_dir)):
+            assert proc.poll() is None and time.monotonic() < start + 300, "the task ended before its second epoch"
+            time.sleep(0.05)
+        array_id = next((sweep_dir / ".submitit").glob(f"*_{PREEMPTED}")).name.split("_")[0]
+        subprocess.run(["scancel", "--signal=USR2", f"{array_id}_{PREEMPTED}"], env=slurm_cluster, check=True)
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\n$ python -m tsdyn.train {' '.join(SWEEP)} hydra.sweep.dir={sweep_dir}\n{output}"
+          f"(exit {proc.returncode}, {time.monotonic() - start:.0f} s)")
+    return SimpleNamespace(dir=sweep_dir, returncode=proc.returncode, output=output, array_id=array_id,
+                           runs={r.path.name: r for r in find_runs(sweep_dir)})
+
+
+def job_log(array_run, task: int) -> str:
+    folder = array_run.dir / ".submitit" / f"{array_run.array_id}_{task}"
+    return (folder / f"{array_run.array_id}_{task}_0_log.out").read_text()
+
+
+@on_the_cluster
+def test_sweep_preset_runs_as_one_array_and_the_report_reads_it(array_run):
+    assert array_run.returncode == 0, array_run.output[-3000:]
+    # one array job, one task per job of the sweep, asking for one CPU and no GPU
+    assert sorted(p.name for p in (array_run.dir / ".submitit").glob("[!.]*")) == \
+        [array_run.array_id] + [f"{array_run.array_id}_{i}" for i in range(3)]
+    script = (array_run.dir / ".submitit" / array_run.array_id / f"{array_run.array_id}_submission.sh").read_text()
+    assert "#SBATCH --array=0-2%" in script and "#SBATCH --cpus-per-task=1" in script
+    assert "gpu" not in script and "gres" not in script
+    # no accounting on this cluster: said once, no sacct warning
+    assert array_run.output.count("job states come from squeue") == 1
+    assert "sacct" not in array_run.output.replace("no sacct", "")
+    assert report([str(array_run.dir)]) == 0
+    md = (array_run.dir / "report" / "report.md").read_text()
+    assert "3 runs in 3 groups" in md and "status: 2 completed, 1 failed" in md
+    assert "| student.width_mult=2 | 1/1 | 1 | 3 |" in md and "| student.width_mult=0 | 0/1 | 0 | - |" in md
+
+
+@on_the_cluster
+def test_failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):
+    assert {name: r.status for name, r in array_run.runs.items()} == \
+        {"0": "completed", "1": "failed", "2": "completed"}
+    failed = array_run.runs["1"].summary
+    assert failed["exit_code"] == 2 and "student.width_mult=0 is not allowed" in failed["error"]
+    for name in ("0", "2"):
+        assert [r["epoch"] for r in read_metrics(array_run.runs[name].path) if "loss/eval" in r] == [0, 1, 2, 3]
+
+
+@on_the_cluster
+def test_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, tmp_path):
+    log = job_log(array_run, PREEMPTED)
+    assert "this job is preempted" in log and f"Requeued job {array_run.array_id}_{PREEMPTED}" in log
+    assert log.count("Starting with JobEnvironment") == 2          # the first run and the requeued one
+    run_dir = array_run.runs[str(PREEMPTED)].path
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss/train" in r]
+    assert steps == sorted(set(steps))                             # no step twice
+
+    # the same config run uninterrupted in this process: the same rows, weights and final metrics
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    with open_dict(cfg):
+        cfg.logger, cfg.run_dir = None, str(tmp_path / "reference")
+    reference = run(cfg, Path(cfg.run_dir))
+    assert_same_run(run_dir, Path(cfg.run_dir))
+    final = array_run.runs[str(PREEMPTED)].summary["final"]
+    assert final == reference["final"]
+    print(f"\npre-empted and requeued task: final {json.dumps({k: final[k] for k in ('loss/eval', 'match/layer0/mean_best')})}"
+          f"\nuninterrupted run:            final {json.dumps({k: reference['final'][k] for k in ('loss/eval', 'match/layer0/mean_best')})}")
+
+
+@on_the_cluster
+def test_wandb_group_spans_the_tasks(array_run):
+    group = f"width-{array_run.dir.parent.name}_{array_run.dir.name}".encode()
+    logs = {name: sorted((array_run.runs[name].path / "wandb").glob("offline-run-*/run-*.wandb")) for name in ("0", "2")}
+    assert [len(logs["0"]), len(logs["2"])] == [2, 1]              # the requeued task: two parts of one W&B run
+    assert len({p.parent.name.rsplit("-", 1)[1] for p in logs["0"]}) == 1
+    for name, width in (("0", 2), ("2", 1)):
+        for path in logs[name]:
+            data = path.read_bytes()
+            assert group in data and f"student.width_mult={width}".encode() in data
+    assert not (array_run.runs["1"].path / "wandb").exists()       # refused before W&B started
+
+
+def test_squeue_watcher_reads_states_and_ends_jobs_squeue_forgot():
+    watcher = SqueueWatcher(delay_s=60)
+    for job in ("7_0", "7_1", "7_2", "7_3", "6"):
+        watcher.register_job(job)
+    info = watcher.read_info("7_[2-3%64]|PENDING|\n7_0|COMPLETED|vm\n7_1|RUNNING|vm\n9|RUNNING|vm\n")
+    assert {job: info[job]["State"] for job in ("7_0", "7_1", "7_2", "7_3", "6")} == \
+        {"7_0": "COMPLETED", "7_1": "RUNNING", "7_2": "PENDING", "7_3": "PENDING", "6": GONE}
+    watcher._info_dict.update(info)
+    assert [watcher.is_done(job, mode="cache") for job in ("7_0", "7_1", "7_2", "6")] == [True, False, False, True]
+
+
+def test_threads_follow_the_cpus_slurm_gives_unless_set(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+        set_threads(None)
+        assert torch.get_num_threads() == 3
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
