@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE WANDB_MODE=offline WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: setup train test bench clean data report slurm-up slurm-down
+.PHONY: setup train test test-fast bench clean data report slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -23,7 +23,11 @@ train: $(STAMP)
 	$(PY) -m tsdyn.train $(ARGS)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)  # loadgroup: the SLURM tests share one worker
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(ARGS)
+
+# the edit-test loop: unit tests and short runs, the end-to-end runs marked slow left out
+test-fast: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow and not slurm" $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)  # active OpenMP waits: PASSIVE slows 2-thread small matmuls ~3x

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tsdyn.train import build  # noqa: E402
+from tsdyn.build import build  # noqa: E402
 
 BS = 64
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,17 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig
         with open_dict(cfg):
             cfg.run_dir = str(run_dir)
     return cfg
+
+
+def wandb_offline_log(run_dir: Path, until: bytes = b'"completed"', timeout: float = 60) -> bytes:
+    """The bytes of a run's one W&B offline run (wandb 0.31 keeps it as one protobuf transaction log,
+    read by `wandb sync`; string fields are stored verbatim). Its service process may still be
+    flushing when finish() returns: wait until ``until`` (the summary's status) is in it."""
+    (log,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while until not in (data := log.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return data
 
 
 @pytest.fixture

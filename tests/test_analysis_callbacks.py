@@ -12,8 +12,10 @@ from scipy.stats import rankdata
 from tests.conftest import compose_cfg
 from tsdyn.callbacks import per_layer
 from tsdyn.config import ConfigError, validate
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
+
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 LAYERS = range(4)
 FAST = ["data.n_train=4096", "data.n_eval=1024", "steps_per_call=16", "log_every_n_steps=32",
@@ -105,7 +107,7 @@ def test_luck_in_analysis_json_redrawn_from_the_arrays(fc_run):
     """The luck table recomputed with numpy from the saved correlation matrices."""
     cfg, run_dir = fc_run
     analysis = json.loads((run_dir / "analysis.json").read_text())
-    assert set(analysis) == {"luck", "fanout", "drift", "theory", "pruning"}
+    assert set(analysis) == {"match", "luck", "fanout", "drift", "theory", "sparsity", "pruning"}
     luck = analysis["luck"]
     assert luck["baseline_epochs"] == [0, 1, 2] and luck["final_epoch"] == 3
     final = load(run_dir, "match", 3)
@@ -201,3 +203,24 @@ def test_per_layer_layout():
            "bn/teacher/layer0/frac_nonpositive": 1.0, "drift/layer0/abs_mean": 3.0}
     assert per_layer(row, list(row)) == {"student": {"frac_nonpositive": [0.25, 0.5]},
                                          "teacher": {"frac_nonpositive": [1.0]}, "abs_mean": [3.0]}
+
+
+def test_sparsity_recomputed_from_the_teacher(fc_run):
+    """The teacher's active shares and co-activation recomputed with numpy from the teacher's own
+    hidden activations on the evaluation inputs; the logged means are the arrays' means."""
+    cfg, run_dir = fc_run
+    teacher, data = instantiate(cfg.teacher), instantiate(cfg.data)
+    hidden = [h[0].detach().numpy() > 0 for h in teacher(data.eval_inputs(cfg.teacher.d, "cpu"))[1]]
+    arrays = load(run_dir, "sparsity", 3)
+    last = [r for r in read_metrics(run_dir) if "sparsity/teacher/layer0/active_mean" in r][-1]
+    analysis = json.loads((run_dir / "analysis.json").read_text())["sparsity"]
+    for layer, active in enumerate(hidden):
+        np.testing.assert_allclose(arrays[f"teacher_active_layer{layer}"][0], active.mean(0), rtol=1e-5)
+        both = (active.T.astype(float) @ active) / len(active)
+        k = active.shape[1]
+        assert last[f"sparsity/teacher/layer{layer}/coactive_mean"] == pytest.approx(
+            (both.sum() - np.trace(both)) / (k * (k - 1)), rel=1e-4)
+        assert last[f"sparsity/student/layer{layer}/active_mean"] == pytest.approx(
+            arrays[f"student_active_layer{layer}"].mean(), rel=1e-5)
+        assert analysis["teacher"]["coactive_mean"][layer] == last[f"sparsity/teacher/layer{layer}/coactive_mean"]
+    assert "sparsity/teacher/layer0/coactive_mean" in analysis["report"]

@@ -34,6 +34,7 @@ def expected_shares(state):
     return [min(i + 1, b.numel()) / b.numel() for i, (_, b) in enumerate(bias_table(net))]
 
 
+@pytest.mark.slow
 def test_weights_file_table_and_figure(state, tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(state, path)
@@ -66,6 +67,7 @@ def test_model_without_bn_or_unknown_is_refused():
         load_model("vgg16_bnn")
 
 
+@pytest.mark.slow
 def test_cli_without_weights_says_where_to_put_them(tmp_path):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "tsdyn.bn_bias", f"model={MODEL}", f"hydra.run.dir={tmp_path}/out"],

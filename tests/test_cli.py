@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF, ROOT, compose_cfg
 from tests.multiruns import TINY
 from tsdyn.config import validate
-from tsdyn.runs import newest_output
+from tsdyn.runfolder.reader import newest_output
 from tsdyn.sweeps import sweep_jobs
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}

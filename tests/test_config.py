@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import CONF, ROOT, compose_cfg
 from tsdyn.config import ConfigError, validate
-from tsdyn.train import build
+from tsdyn.build import build
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF).iterdir() if g.is_dir()}
 # options that need image files or a teacher file: composed and built in tests/test_images.py
@@ -97,6 +97,7 @@ def _cli(*overrides, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_bad_value_one_line_before_any_work(tmp_path):
     res = _cli("student.width_mult=-2", tmp_path=tmp_path)
     assert res.returncode == 2
@@ -105,6 +106,7 @@ def test_cli_bad_value_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_cli_unknown_teacher_lists_choices(tmp_path):
     res = _cli("teacher=deep_randon", tmp_path=tmp_path)
     assert res.returncode != 0

@@ -186,7 +186,7 @@ def test_conv_teacher_on_gaussian_image_shaped_inputs(small_cfg):
     """The authors' --use_cnn on Gaussian data: a conv teacher reads N(0, std^2) inputs of shape
     (1, 16, 16); a short run learns its lowest layer's channels."""
     from tsdyn.config import validate
-    from tsdyn.recorder import read_metrics
+    from tsdyn.runfolder.reader import read_metrics
     from tsdyn.train import run
     cfg = small_cfg("teacher=conv", "teacher.ks=[4,5]", "teacher.bn=none", "student.width_mult=2",
                     "data.n_train=2048", "data.n_eval=256", "epochs=2", "steps_per_call=32", "optimizer.lr=0.02")

@@ -1,8 +1,11 @@
 """Gaussian inputs: their std, fixed vs regenerated training sets, independent evaluation set,
-image-shaped draws for a conv teacher, and "a fresh batch every step"."""
+image-shaped draws for a conv teacher, and "a fresh batch every step"; the seeded generators, the
+epoch's shuffle and the lr schedule a resumed run relies on to do what an uninterrupted one would."""
+import pytest
 import torch
 
-from tsdyn.data import GaussianData
+from tsdyn.data import GaussianData, epoch_generator
+from tsdyn.module import lr_at
 
 
 def test_gaussian_inputs_have_the_configured_std_and_mean_zero():
@@ -51,3 +54,23 @@ def test_regenerated_data_is_a_fresh_batch_every_step():
     all_rows = torch.cat(seen)
     assert len(seen) == 30 and all_rows.shape == (1920, 3)
     assert torch.unique(all_rows, dim=0).shape[0] == 1920
+
+
+def test_generators_depend_on_seed_epoch_and_stream_only():
+    draw = lambda *a: torch.rand(5, generator=epoch_generator(*a))  # noqa: E731
+    assert torch.equal(draw(3, 2, 0), draw(3, 2, 0))
+    assert len({tuple(draw(*a).tolist()) for a in [(3, 2, 0), (4, 2, 0), (3, 1, 0), (3, 2, 1)]}) == 4
+
+
+def test_epoch_shuffle_is_a_seeded_permutation_and_the_last_batch_dropped():
+    data = GaussianData(n_train=4000, batch_size=64, seed=1)
+    assert data.steps_per_epoch() == 62                      # 4000 // 64
+    perm = data.shuffle(2, "cpu")
+    assert torch.equal(perm.sort().values, torch.arange(4000)) and torch.equal(perm, data.shuffle(2, "cpu"))
+    assert not torch.equal(perm, data.shuffle(3, "cpu"))
+
+
+@pytest.mark.parametrize("epoch, lr", [(0, 0.1), (19, 0.1), (20, 0.01), (29, 0.01), (30, 0.001), (99, 0.001)])
+def test_lr_schedule_steps_at_its_epochs(epoch, lr):
+    assert lr_at(epoch, 0.1, {30: 0.001, 20: 0.01}) == lr      # keys in any order
+    assert lr_at(epoch, 0.1, {}) == 0.1

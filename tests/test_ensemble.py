@@ -4,8 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsdyn.recorder import read_metrics
+from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
+
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 
 def final_state(run_dir):

@@ -14,7 +14,7 @@ from tests.image_files import write_cifar10, write_mnist
 from tsdyn.config import ConfigError, validate
 from tsdyn.images import ImageData, augment, require_files
 from tsdyn.nets import ConvReLUNet, save_teacher
-from tsdyn.train import build
+from tsdyn.build import build
 
 RNG = np.random.default_rng(0)
 
@@ -109,6 +109,7 @@ def test_missing_files_message_names_folder_files_and_make_data(tmp_path):
         require_files("fashion_mnist", tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_without_data_stops_before_training_with_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tsdyn.train", "teacher=conv", "data=fashion_mnist", "~callbacks.theory",
                           f"data.root={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/r"],
@@ -157,9 +158,14 @@ def test_teacher_data_input_mismatch_is_a_config_error(fmnist_root, overrides, n
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
-def test_conv_teacher_needs_image_data():
-    with pytest.raises(ConfigError, match=r"teacher.d=None is not allowed: .*image shape \[C, H, W\]"):
-        validate(compose_cfg(["teacher=conv", "data=gaussian", "~callbacks.theory"]))
+def test_conv_teacher_on_gaussian_data_reads_image_shaped_inputs(tmp_path):
+    """The authors' --use_cnn on Gaussian data: inputs of shape (1, 16, 16); a shape must have 3 axes."""
+    cfg = compose_cfg(["teacher=conv", "data=gaussian", "~callbacks.theory"], tmp_path)
+    validate(cfg)
+    assert list(cfg.teacher.d) == [1, 16, 16]
+    bad = compose_cfg(["teacher=conv", "data=gaussian", "teacher.d=[16,16]", "~callbacks.theory"], tmp_path)
+    with pytest.raises(ConfigError, match=r"teacher.d=\[16, 16\] is not allowed: .*input shape \[C, H, W\]"):
+        validate(bad)
 
 
 def test_pretrained_teacher_of_other_images_is_refused(fmnist_root):

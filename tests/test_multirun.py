@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.multiruns import multirun
-from tsdyn.recorder import read_metrics
-from tsdyn.runs import find_runs
+from tsdyn.runfolder.reader import find_runs, read_metrics
+
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 
 def summary(folder: Path) -> dict:

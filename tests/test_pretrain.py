@@ -23,9 +23,11 @@ from tsdyn.metrics.pruning import prune_, prune_smallest_fanout_
 from tsdyn.nets import (ConvReLUNet, ReLUNet, calibrate_bn_, load_teacher, make_student, predict,
                         read_teacher_file, save_teacher)
 from tsdyn.pretrain_teacher import pretrain, remove_nodes_, validate_pretrain
-from tsdyn.recorder import read_metrics
-from tsdyn.runs import find_runs
-from tsdyn.train import build_teacher, run
+from tsdyn.runfolder.reader import find_runs, read_metrics
+from tsdyn.build import build_teacher
+from tsdyn.train import run
+
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 SMALL_TEACHER = ["teacher=conv", "teacher.ks=[4,6]", "data.n_train=800", "data.n_eval=40", "data.crop_padding=1",
                  "data.hflip=false", "optimizer.lr=0.05"]
@@ -185,7 +187,6 @@ def test_students_on_the_pretrained_teacher_log_matching_accuracy_agreement(imag
         assert acc[-1][f"eval/agreement/s{i}"] == pytest.approx(agree_i.item(), abs=1e-7)
 
 
-@pytest.mark.slow
 def test_the_printed_student_command_trains_as_printed(images_root, tmp_path):
     """``tsdyn.pretrain_teacher`` ends by printing the student command; run as printed (from the
     same folder), it trains students that learn the teacher, no divergence."""

@@ -17,11 +17,15 @@ from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, SMALL, compose_cfg
 from tsdyn.config import ConfigError
-from tsdyn.loggers import WANDB_ID_FILE
+from tsdyn.runfolder.paths import WANDB_ID as WANDB_ID_FILE
 from tsdyn.module import Interrupted
-from tsdyn.recorder import read_metrics
-from tsdyn.resume import StopOnSignal, check_resumable, continue_in, last_checkpoint, resumed_config
+from tsdyn.runfolder.reader import read_metrics
+from tsdyn.resume import StopOnSignal, resumed_config
+from tsdyn.runfolder.paths import last_checkpoint
+from tsdyn.runfolder.state import check_resumable, continue_in
 from tsdyn.train import run
+
+pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
        "WANDB_SILENT": "true"}

@@ -33,7 +33,8 @@ def test_renormalize_every_layer_and_output_relu():
 def test_projected_sgd_starts_on_the_sphere_and_stays_there(small_cfg):
     """optimizer.renormalize: the student is projected before the first step (the authors normalise
     before training) and after every step; the trained rows have unit fan-in (weights and bias)."""
-    from tsdyn.train import build, run
+    from tsdyn.build import build
+    from tsdyn.train import run
     cfg = small_cfg("optimizer.renormalize=fan_in", "epochs=1", "data.n_train=640")
     module, _ = build(cfg, None)
     for w, b in zip(module.student.weights, module.student.biases):

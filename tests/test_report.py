@@ -14,10 +14,10 @@ from matplotlib.colors import to_hex
 
 from tests.multiruns import multirun
 from tsdyn import plots
-from tsdyn.recorder import read_metrics
-from tsdyn.report import (DPI, FIGURES, PALETTE, STYLE, band, fig_curves, fig_fanout_nodes, group_runs, main,
-                          sorted_blocks, top_sorted, value_label, write_report)
-from tsdyn.runs import find_runs
+from tsdyn.report import FIGURES, band, main, top_sorted, write_report
+from tsdyn.report.aggregate import PALETTE, group_runs, value_label
+from tsdyn.report.figures import DPI, STYLE, fig_curves, fig_fanout_nodes, sorted_blocks
+from tsdyn.runfolder.reader import find_runs, read_metrics
 
 KT = [3, 4]          # teacher hidden widths of the synthetic runs (layer 0 lowest)
 E = 2                # students per run
@@ -91,6 +91,7 @@ def synthetic(tmp_path):
     return tmp_path, finals
 
 
+@pytest.mark.slow  # draws and saves every figure
 def test_report_writes_every_figure_and_the_table_matches(synthetic):
     folder, finals = synthetic
     path = write_report(folder)
@@ -110,6 +111,7 @@ def test_report_writes_every_figure_and_the_table_matches(synthetic):
     assert "| 4 | diverged | diverged at step 15 |" in md
 
 
+@pytest.mark.slow  # draws and saves every figure
 def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic):
     folder, _ = synthetic
     md = write_report(folder).read_text()
@@ -222,6 +224,7 @@ def test_report_files_are_200_dpi_png_and_pdf(synthetic):
     assert "band: min to max" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_on_a_real_multirun(tmp_path):
     res = multirun(tmp_path, "logger=none", "epochs=2", "student.num_students=2", "student.bn=after_relu",
                    "callbacks.theory=null", "student.width_mult=1,2")

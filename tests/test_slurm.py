@@ -18,9 +18,8 @@ from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import ROOT
 from tests.test_reliability import assert_same_run
-from tsdyn.recorder import read_metrics
 from tsdyn.report import main as report
-from tsdyn.runs import find_runs
+from tsdyn.runfolder.reader import find_runs, read_metrics
 from tsdyn.slurm import GONE, SqueueWatcher, set_threads
 from tsdyn.train import run
 
@@ -33,26 +32,19 @@ SWEEP = ["sweep=width", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1"
 PREEMPTED = 0
 
 
-def on_the_cluster(test):
-    """A test on the cluster: slow, marked slurm, run by the one xdist worker that starts the cluster."""
-    return pytest.mark.slow(pytest.mark.slurm(pytest.mark.xdist_group("slurm")(test)))
-
-
-@pytest.fixture(scope="module")
-def array_run(slurm_cluster, tmp_path_factory):
-    """The sweep, run once through the cluster; task PREEMPTED gets USR2 once its second epoch has
-    logged a training loss (as SLURM's pre-emption, or the time limit through submitit, would)."""
-    sweep_dir = tmp_path_factory.mktemp("sweep")
+def run_sweep(env: dict[str, str], sweep_dir: Path) -> SimpleNamespace:
+    """The sweep through the cluster; task PREEMPTED gets USR2 once its second epoch has logged a
+    training loss (as SLURM's pre-emption, or the time limit through submitit, would)."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "tsdyn.train", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
-                            cwd=ROOT, env=slurm_cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         run_dir = sweep_dir / str(PREEMPTED)
         while not any(r["epoch"] >= 1 and "loss/train" in r for r in read_metrics(run_dir)):
             assert proc.poll() is None and time.monotonic() < start + 300, "the task ended before its second epoch"
             time.sleep(0.05)
         array_id = next((sweep_dir / ".submitit").glob(f"*_{PREEMPTED}")).name.split("_")[0]
-        subprocess.run(["scancel", "--signal=USR2", f"{array_id}_{PREEMPTED}"], env=slurm_cluster, check=True)
+        subprocess.run(["scancel", "--signal=USR2", f"{array_id}_{PREEMPTED}"], env=env, check=True)
         output, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -68,9 +60,19 @@ def job_log(array_run, task: int) -> str:
     return (folder / f"{array_run.array_id}_{task}_0_log.out").read_text()
 
 
-@on_the_cluster
-def test_sweep_preset_runs_as_one_array_and_the_report_reads_it(array_run):
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sweep_preset_on_a_slurm_cluster(slurm_cluster, tmp_path):
+    """One array run, checked four ways (one test: one xdist worker runs it, one cluster serves it)."""
+    array_run = run_sweep(slurm_cluster, tmp_path / "sweep")
     assert array_run.returncode == 0, array_run.output[-3000:]
+    runs_as_one_array_and_the_report_reads_it(array_run)
+    failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run)
+    preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, tmp_path / "reference")
+    wandb_group_spans_the_tasks(array_run)
+
+
+def runs_as_one_array_and_the_report_reads_it(array_run):
     # one array job, one task per job of the sweep, asking for one CPU and no GPU
     assert sorted(p.name for p in (array_run.dir / ".submitit").glob("[!.]*")) == \
         [array_run.array_id] + [f"{array_run.array_id}_{i}" for i in range(3)]
@@ -83,11 +85,10 @@ def test_sweep_preset_runs_as_one_array_and_the_report_reads_it(array_run):
     assert report([str(array_run.dir)]) == 0
     md = (array_run.dir / "report" / "report.md").read_text()
     assert "3 runs in 3 groups" in md and "status: 2 completed, 1 failed" in md
-    assert "| student.width_mult=2 | 1/1 | 1 | 3 |" in md and "| student.width_mult=0 | 0/1 | 0 | - |" in md
+    assert "| width_mult 2 | 1/1 | 1 | 3 |" in md and "| width_mult 0 | 0/1 | 0 | - |" in md
 
 
-@on_the_cluster
-def test_failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):
+def failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):
     assert {name: r.status for name, r in array_run.runs.items()} == \
         {"0": "completed", "1": "failed", "2": "completed"}
     failed = array_run.runs["1"].summary
@@ -96,8 +97,7 @@ def test_failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run
         assert [r["epoch"] for r in read_metrics(array_run.runs[name].path) if "loss/eval" in r] == [0, 1, 2, 3]
 
 
-@on_the_cluster
-def test_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, tmp_path):
+def preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, reference: Path):
     log = job_log(array_run, PREEMPTED)
     assert "this job is preempted" in log and f"Requeued job {array_run.array_id}_{PREEMPTED}" in log
     assert log.count("Starting with JobEnvironment") == 2          # the first run and the requeued one
@@ -108,17 +108,17 @@ def test_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, 
     # the same config run uninterrupted in this process: the same rows, weights and final metrics
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     with open_dict(cfg):
-        cfg.logger, cfg.run_dir = None, str(tmp_path / "reference")
-    reference = run(cfg, Path(cfg.run_dir))
-    assert_same_run(run_dir, Path(cfg.run_dir))
+        cfg.logger, cfg.run_dir = None, str(reference)
+    uninterrupted = run(cfg, reference)["final"]
+    assert_same_run(run_dir, reference)
     final = array_run.runs[str(PREEMPTED)].summary["final"]
-    assert final == reference["final"]
-    print(f"\npre-empted and requeued task: final {json.dumps({k: final[k] for k in ('loss/eval', 'match/layer0/mean_best')})}"
-          f"\nuninterrupted run:            final {json.dumps({k: reference['final'][k] for k in ('loss/eval', 'match/layer0/mean_best')})}")
+    assert final == uninterrupted
+    shown = ("loss/eval", "match/layer0/mean_best")
+    print(f"\npre-empted and requeued task: final {json.dumps({k: final[k] for k in shown})}"
+          f"\nuninterrupted run:            final {json.dumps({k: uninterrupted[k] for k in shown})}")
 
 
-@on_the_cluster
-def test_wandb_group_spans_the_tasks(array_run):
+def wandb_group_spans_the_tasks(array_run):
     group = f"width-{array_run.dir.parent.name}_{array_run.dir.name}".encode()
     logs = {name: sorted((array_run.runs[name].path / "wandb").glob("offline-run-*/run-*.wandb")) for name in ("0", "2")}
     assert [len(logs["0"]), len(logs["2"])] == [2, 1]              # the requeued task: two parts of one W&B run

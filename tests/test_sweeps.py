@@ -10,6 +10,8 @@ from tests.conftest import CONF
 from tsdyn.config import validate
 from tsdyn.sweeps import job_configs, main, sweep_jobs
 
+pytestmark = pytest.mark.slow  # Hydra composes every job of every preset: make test-fast leaves them out
+
 PRESETS = sorted(p.stem for p in (Path(CONF) / "sweep").glob("*.yaml") if p.stem != "none")
 
 # preset -> (number of jobs, {key: the set of values its jobs take})

@@ -3,29 +3,15 @@ full key, the value given and what is allowed."""
 from __future__ import annotations
 
 import numbers
-import sys
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tsdyn.errors import ConfigError, exit_on_config_error, fail  # noqa: F401 - re-exported
 from tsdyn.images import IMAGE_SETS, require_files
-from tsdyn.module import LOSSES
+from tsdyn.module import CLIP_ALGORITHMS, LOSSES
 from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, ROW_NORMS, read_teacher_file
-
-
-class ConfigError(ValueError):
-    """A bad config value; ``str(err)`` is the one-line message for the user."""
-
-
-@contextmanager
-def exit_on_config_error() -> Iterator[None]:
-    """A :class:`ConfigError` inside ends the command: its one line on stderr, exit status 2."""
-    try:
-        yield
-    except ConfigError as err:
-        print(f"tsdyn: config error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _is_int(v: Any) -> bool:
@@ -48,6 +34,10 @@ POSITIVE_INT_LIST: Rule = (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                            and all(_is_int(k) and k > 0 for k in v), "a non-empty list of positive integers")
 NUMBER_LIST: Rule = (lambda v: isinstance(v, (list, tuple)) and any(_is_num(c) and c != 0 for c in v)
                      and all(_is_num(c) for c in v), "a list of numbers, not all zero")
+
+
+THRESHOLD: Rule = (lambda v: UNIT[0](v), "a threshold in [0, 1]")
+THRESHOLDS: Rule = (lambda v: isinstance(v, list) and all(UNIT[0](t) for t in v), "a list of thresholds in [0, 1]")
 
 
 def one_of(choices) -> Rule:
@@ -102,28 +92,59 @@ RULES: dict[str, Rule] = {
     "steps_per_call": POSITIVE_INT,
     "log_every_n_steps": POSITIVE_INT,
     "threads": (lambda v: v is None or POSITIVE_INT[0](v), "null or a positive integer"),
-    "trainer.max_epochs": POSITIVE_INT,
     "trainer.accelerator": one_of(("auto", "cpu", "gpu", "cuda", "mps")),
     "trainer.enable_progress_bar": BOOL,
+    "trainer.fast_dev_run": (lambda v: isinstance(v, bool) or (_is_int(v) and v >= 0), "true, false or a number of steps"),
+    "trainer.limit_train_batches": (lambda v: (_is_int(v) and v > 0) or (_is_num(v) and 0 < v <= 1),
+                                    "a number of training_step calls > 0 or a share of the epoch in (0, 1]"),
+    "trainer.max_steps": (lambda v: _is_int(v) and (v == -1 or v > 0), "-1 (no limit) or a positive integer"),
+    "trainer.gradient_clip_val": (lambda v: v is None or (_is_num(v) and v > 0), "null or a number > 0"),
+    "trainer.gradient_clip_algorithm": (lambda v: v is None or v in CLIP_ALGORITHMS,
+                                        f"null or one of {list(CLIP_ALGORITHMS)}"),
     "logger.wandb.mode": one_of(("online", "offline", "disabled")),
     "logger.wandb.settings.init_timeout": POSITIVE,
 }
 
 
-CALLBACK_RULES: dict[str, Rule] = {  # fields of any callbacks.<name> entry
-    "every_n_epochs": POSITIVE_INT,
-    "media_every_n_epochs": POSITIVE_INT,
-    "baseline_epochs": NON_NEGATIVE_INT,
-    "n_samples": POSITIVE_INT,
-    "share": UNIT,
-    "seed": NON_NEGATIVE_INT,
-    "norm_ord": POSITIVE,
-    "bn_effective": BOOL,
+MULTI_PROCESS = ("tsdyn trains in one process on one device; for several students in one run use "
+                 "student.num_students, for many runs a multirun (-m) or hydra/launcher=slurm")
+# Trainer options the loop cannot honour: key -> (the values it can, what to do instead). The loop
+# drives the optimizer itself (several steps per training_step) and has no validation loop.
+TRAINER_REFUSED: dict[str, Rule] = {
+    "trainer.max_epochs": (lambda v: False, "no value: the number of epochs is epochs=N"),
+    "trainer.devices": (lambda v: v in (1, "1") or (isinstance(v, list) and len(v) == 1),
+                        f"1 or one device id in a list, e.g. [0] ({MULTI_PROCESS})"),
+    "trainer.num_nodes": (lambda v: v == 1, f"1 ({MULTI_PROCESS})"),
+    "trainer.strategy": (lambda v: v in ("auto", "single_device"), f"'auto' ({MULTI_PROCESS})"),
+    "trainer.precision": (lambda v: v in (32, "32", "32-true"), "32 (the loop steps the optimizer itself: "
+                          "no mixed-precision loss scaling)"),
+    "trainer.accumulate_grad_batches": (lambda v: v == 1, "1 (every step updates; use a larger data.batch_size)"),
+    "trainer.limit_val_batches": (lambda v: v == 0, "0 (no validation loop: the analyses evaluate every epoch)"),
+    "trainer.val_check_interval": (lambda v: v is None, "null (no validation loop: the analyses evaluate every epoch)"),
+    "trainer.overfit_batches": (lambda v: v == 0, "0 (use data.n_train for a small training set)"),
+    "trainer.callbacks": (lambda v: v is None, "null (callbacks come from the callbacks group: +callbacks.<name>=...)"),
+    "trainer.logger": (lambda v: v is None, "null (loggers come from the logger group: logger=csv, logger=[wandb,csv])"),
+    "trainer.enable_checkpointing": (lambda v: v is True, "true (checkpoints are the callbacks' checkpoint entry: "
+                                     "~callbacks.checkpoint turns them off)"),
 }
+TRAINER_HONOURED = ("_target_", "accelerator", "enable_progress_bar", "enable_model_summary", "num_sanity_val_steps",
+                    "log_every_n_steps", "fast_dev_run", "limit_train_batches", "max_steps", "max_time", "min_epochs",
+                    "min_steps", "gradient_clip_val", "gradient_clip_algorithm", "default_root_dir", "deterministic",
+                    "benchmark", "detect_anomaly", "profiler", "inference_mode")
 
 
-def fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+def check_trainer(cfg: DictConfig) -> None:
+    """Trainer options: each one the loop honours (``TRAINER_HONOURED``), or one it cannot at the one
+    value it can (``TRAINER_REFUSED``); anything else is refused, naming the options there are."""
+    for name in (_plain(cfg, "trainer") or {}):
+        key = f"trainer.{name}"
+        if key in TRAINER_REFUSED:
+            ok, allowed = TRAINER_REFUSED[key]
+            if not ok(_plain(cfg, key)):
+                fail(key, _plain(cfg, key), allowed)
+        elif name not in TRAINER_HONOURED:
+            fail(key, _plain(cfg, key), f"a Trainer option tsdyn's loop honours: "
+                 f"{', '.join(TRAINER_HONOURED[1:])} (or {', '.join(k[8:] for k in TRAINER_REFUSED)} at one value)")
 
 
 def _plain(cfg: DictConfig, key: str) -> Any:
@@ -133,6 +154,7 @@ def _plain(cfg: DictConfig, key: str) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first bad value of ``cfg`` (a composed train config)."""
+    check_trainer(cfg)
     for key, (ok, allowed) in RULES.items():
         if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
             continue
@@ -160,16 +182,7 @@ def validate(cfg: DictConfig) -> None:
         fail("data.batch_size", bs, f"at most data.n_train={n_train}")
 
     for name in (_plain(cfg, "callbacks") or {}):
-        for field in ("threshold", "thresholds"):
-            key = f"callbacks.{name}.{field}"
-            value = _plain(cfg, key)
-            values = value if isinstance(value, list) else [value]
-            if value is not None and not all(UNIT[0](v) for v in values):
-                fail(key, value, "thresholds in [0, 1]")
-        for field, (ok, allowed) in CALLBACK_RULES.items():
-            value = _plain(cfg, f"callbacks.{name}.{field}")
-            if value is not None and not ok(value):
-                fail(f"callbacks.{name}.{field}", value, allowed)
+        check_callback(cfg, name)
         if theory_required(cfg, name):
             for net in ("student", "teacher"):
                 bn = _plain(cfg, f"{net}.bn")
@@ -178,6 +191,23 @@ def validate(cfg: DictConfig) -> None:
                                           f"fully connected nets without BatchNorm); set it to false to skip")
 
     check_inputs(cfg)
+
+
+def check_callback(cfg: DictConfig, name: str) -> None:
+    """The fields of ``callbacks.<name>`` against the rules its class declares beside it
+    (``config_rules``: the analyses of :mod:`tsdyn.callbacks`); a target that does not import is
+    refused here, before any work."""
+    target = _plain(cfg, f"callbacks.{name}._target_")
+    if target is None:
+        return
+    try:
+        rules = getattr(get_class(target), "config_rules", {})
+    except Exception as err:  # noqa: BLE001 - hydra wraps every import failure
+        fail(f"callbacks.{name}._target_", target, f"an importable callback class ({str(err).splitlines()[0]})")
+    for field, (ok, allowed) in rules.items():
+        value = _plain(cfg, f"callbacks.{name}.{field}")
+        if value is not None and not ok(value):
+            fail(f"callbacks.{name}.{field}", value, allowed)
 
 
 def theory_required(cfg: DictConfig, name: str) -> bool:

@@ -17,15 +17,16 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from tsdyn.runfolder.paths import WANDB_ID
+
 log = logging.getLogger("tsdyn")
 
-WANDB_ID_FILE = "wandb_run_id"  # in the run folder
 
 
 def wandb_run_id(run_dir: str | Path | None) -> str:
     """The W&B run id of the run in ``run_dir``: made at its first start (8 characters from a-z0-9,
     as W&B makes them) and kept in the folder; a new one each call when ``run_dir`` is None."""
-    path = Path(run_dir) / WANDB_ID_FILE if run_dir is not None else None
+    path = Path(run_dir) / WANDB_ID if run_dir is not None else None
     if path is not None and path.exists():
         return path.read_text().strip()
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))

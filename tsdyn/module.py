@@ -11,7 +11,7 @@ import bisect
 import signal
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 from tsdyn.data import GaussianData
 from tsdyn.metrics.matching import as_samples, correlation
 from tsdyn.nets import ReLUNet, predict, renormalize_
-from tsdyn.recorder import Recorder
+from tsdyn.runfolder.writer import Recorder
 
 LOSSES = ("mse", "cross_entropy")
+CLIP_ALGORITHMS = ("norm", "value")
 
 
 class Diverged(Exception):
@@ -64,6 +65,26 @@ def lr_at(epoch: int, base_lr: float, schedule: Mapping[int, float]) -> float:
     return float(schedule[keys[i - 1]]) if i else float(base_lr)
 
 
+@torch.no_grad()
+def clip_grad_per_member_(params: Sequence[Tensor], max_value: float, algorithm: str = "norm") -> None:
+    """Clip the gradients of an ensemble in place, each student on its own: every parameter is
+    ``[E, ...]`` (student first). ``norm``: student e's gradients are scaled by
+    ``min(1, max_value / ||g_e||)``, ``||g_e||`` the L2 norm over all of e's parameters (what
+    ``torch.nn.utils.clip_grad_norm_`` does to one net); ``value``: every entry clamped to
+    ``[-max_value, max_value]``."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if algorithm == "value":
+        for g in grads:
+            g.clamp_(-max_value, max_value)
+        return
+    norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()   # [E]
+    scale = (max_value / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
 def per_student_loss(out: Tensor, target: Tensor, kind: str) -> Tensor:
     """``out``: ``[E, N, D]`` student outputs, ``target``: ``[N, D]`` teacher outputs -> ``[E]``.
 
@@ -98,7 +119,8 @@ class TeacherStudent(pl.LightningModule):
     def __init__(self, teacher: ReLUNet, student: ReLUNet, data: GaussianData,
                  optimizer: Callable[..., torch.optim.Optimizer], lr_schedule: Mapping[int, float] | None = None,
                  loss: str = "mse", steps_per_call: int = 32, log_every_n_steps: int = 100,
-                 recorder: Recorder | None = None, renormalize: str | None = None):
+                 recorder: Recorder | None = None, renormalize: str | None = None,
+                 gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"):
         super().__init__()
         self.automatic_optimization = False
         self.teacher, self.student, self.data = teacher, student, data
@@ -110,6 +132,7 @@ class TeacherStudent(pl.LightningModule):
         self.renormalize = renormalize
         if renormalize:
             renormalize_(student, renormalize)
+        self.clip_val, self.clip_algorithm = gradient_clip_val, gradient_clip_algorithm  # per student
         self.stop_signal: int | None = None  # set by a signal handler (tsdyn.resume.StopOnSignal)
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end (checkpointed)
         self._resumed: dict | None = None  # this module's part of the checkpoint resumed from
@@ -131,6 +154,11 @@ class TeacherStudent(pl.LightningModule):
         with torch.no_grad():
             y, hidden = self.teacher(self.x_eval)
         self.y_eval, self.teacher_eval_hidden = y[0], [h[0] for h in hidden]
+
+    def epoch_steps(self) -> int:
+        """Optimizer steps in one epoch: the data's, fewer when the trainer runs fewer calls of
+        ``steps_per_call`` steps (``limit_train_batches``, ``fast_dev_run``)."""
+        return min(self.data.steps_per_epoch(), self.trainer.num_training_batches * self.steps_per_call)
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
@@ -154,13 +182,15 @@ class TeacherStudent(pl.LightningModule):
         than a small step itself, so they are not called (use batch or epoch hooks). The trainer's
         step counter advances by the steps taken, so ``global_step``, checkpoints and loggers all
         count optimizer steps. The position in the epoch comes from ``global_step`` (every epoch has
-        the same steps), so a call resumed from a checkpoint taken inside it goes on where it stopped.
-        A non-finite loss (:class:`Diverged`) or a signal (``stop_signal``: :class:`Interrupted`)
+        the same steps), so a call resumed from a checkpoint taken inside it goes on where it stopped;
+        the last call stops at ``trainer.max_steps``. A non-finite loss (:class:`Diverged`) or a signal (``stop_signal``: :class:`Interrupted`)
         ends training after the current step."""
         opt = self.optimizers().optimizer
-        bs, steps = self.data.batch_size, self.data.steps_per_epoch()
+        bs, steps = self.data.batch_size, self.epoch_steps()
         first = self.global_step - self.current_epoch * steps
         last = min((first // self.steps_per_call + 1) * self.steps_per_call, steps)
+        if self.trainer.max_steps >= 0:
+            last = min(last, first + self.trainer.max_steps - self.global_step)
         step0, x, y, loss_sum = self.global_step, self._x, self._y, self._loss_sum
         step = step0
         try:
@@ -169,6 +199,8 @@ class TeacherStudent(pl.LightningModule):
                 losses = per_student_loss(out, y[i * bs:(i + 1) * bs], self.loss_kind)
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
+                if self.clip_val:
+                    clip_grad_per_member_(list(self.student.parameters()), self.clip_val, self.clip_algorithm)
                 opt.step()
                 if self.renormalize:
                     renormalize_(self.student, self.renormalize)

@@ -19,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from tsdyn.recorder import Recorder
+from tsdyn.runfolder.paths import SUMMARY
+from tsdyn.runfolder.writer import Recorder
 
 log = logging.getLogger("tsdyn")
 T = TypeVar("T")
@@ -56,7 +57,7 @@ def _finish_wandb() -> None:
 def record_failure(run_dir: Path, err: BaseException) -> dict:
     """The job's ``summary.json`` after ``err``: kept as the run wrote it if it wrote one (status
     ``failed`` or ``diverged``), else a ``failed`` summary naming the error. Returns the summary."""
-    path = Path(run_dir) / Recorder.SUMMARY
+    path = Path(run_dir) / SUMMARY
     if path.exists():
         return json.loads(path.read_text())
     # a config error ends the job with sys.exit(2) inside `except ConfigError`: name that error
@@ -65,7 +66,7 @@ def record_failure(run_dir: Path, err: BaseException) -> dict:
                "epochs": 0, "steps": 0, "wall_time_s": 0.0, "final": {}}
     if isinstance(err, SystemExit):
         summary["exit_code"] = err.code
-    Recorder(run_dir).write_json(Recorder.SUMMARY, summary)
+    Recorder(run_dir).write_json(SUMMARY, summary)
     return summary
 
 

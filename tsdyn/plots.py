@@ -1,7 +1,7 @@
 """Small figures for the dashboards (matplotlib, no pyplot: no GUI backend, no global state).
 
 Every function takes plain numpy arrays (one student) and returns a ``Figure``;
-:func:`to_image` renders it to the ``[H, W, 4]`` uint8 array that ``Recorder.log_media`` takes.
+:func:`to_image` renders it to the ``[H, W, 4]`` uint8 array that ``tsdyn.runfolder.writer.Recorder.log_media`` takes.
 """
 from __future__ import annotations
 

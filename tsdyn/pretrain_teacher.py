@@ -24,14 +24,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tsdyn.build import build_teacher, optimizer_options
 from tsdyn.config import ConfigError, UNIT, fail, validate
 from tsdyn.metrics.accuracy import accuracy
 from tsdyn.metrics.pruning import prune_smallest_fanout_
 from tsdyn.module import lr_at
 from tsdyn.nets import EnsembleNet, predict, save_teacher
-from tsdyn.recorder import Recorder
+from tsdyn.runfolder.writer import Recorder
 from tsdyn.slurm import set_threads
-from tsdyn.train import build_teacher
 
 
 def validate_pretrain(cfg: DictConfig) -> None:
@@ -72,10 +72,8 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     data = instantiate(cfg.data)
     teacher = build_teacher(cfg, data).to(device).requires_grad_(True)
-    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    schedule = opt_cfg.pop("lr_schedule", None) or {}
-    opt_cfg.pop("renormalize", None)
-    opt = instantiate(opt_cfg)(params=teacher.parameters())
+    optimizer, schedule, _ = optimizer_options(cfg)  # renormalize: refused in validate_pretrain
+    opt = optimizer(params=teacher.parameters())
     base_lrs = [g["lr"] for g in opt.param_groups]
     recorder = Recorder(run_dir)
     x_test, y_test = data.test_inputs(teacher.d, device), data.test_labels(device)

@@ -10,12 +10,11 @@ stopped.
   without touching its stored config, :func:`resumed_config` loads that config, and the run
   continues from ``checkpoints/last.ckpt``; the module cuts ``metrics.jsonl`` back to the rows the
   checkpoint had seen, so no row is duplicated.
-- A fresh run never writes into a folder that holds a run (:func:`continue_in`), except a requeued
-  SLURM job (pre-emption, submitit), which continues the run it finds there.
+- A fresh run never writes into a folder that holds a run (:func:`~tsdyn.runfolder.state.continue_in`),
+  except a requeued SLURM job (pre-emption, submitit), which continues the run it finds there.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -31,48 +30,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tsdyn.config import exit_on_config_error, fail
 from tsdyn.module import Interrupted, TeacherStudent
-from tsdyn.recorder import Recorder
+from tsdyn.runfolder.paths import METRICS, last_checkpoint
+from tsdyn.runfolder.state import check_resumable, continue_in, requeued
 
 # Overrides a resumed run accepts: they change how it runs, not what it computes (a different
 # accelerator changes float rounding only). Any other override is refused.
 RESUME_OVERRIDES = ("resume", "threads", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices")
-UNFINISHED = (None, "interrupted", "failed")  # summary statuses a run can be resumed from (None: no summary)
-
-
-def last_checkpoint(run_dir: str | Path) -> Path:
-    """Where a run's latest checkpoint is: epoch ends (ModelCheckpoint ``save_last``) and signals."""
-    return Path(run_dir) / "checkpoints" / "last.ckpt"
-
-
-def requeued() -> bool:
-    """True in a SLURM job that was requeued (pre-emption, ``scontrol requeue``, submitit)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-
-
-def _status(folder: Path) -> str | None:
-    path = folder / Recorder.SUMMARY
-    return json.loads(path.read_text()).get("status") if path.exists() else None
-
-
-def continue_in(folder: Path) -> bool:
-    """Whether a run started in ``folder`` (not by ``resume=``) continues a run found there: False
-    for a folder without one, True in a requeued SLURM job if that run is unfinished; any other
-    case is a :class:`~tsdyn.config.ConfigError` (an existing run is never overwritten)."""
-    if not (folder / Recorder.METRICS).exists():
-        return False
-    if requeued() and _status(folder) in UNFINISHED:
-        return True
-    fail("run_dir", str(folder), f"a folder without a run in it (to continue that run: "
-                                 f"python -m tsdyn.train resume={folder})")
-
-
-def check_resumable(folder: Path) -> None:
-    """``resume=<folder>``: a run folder (its ``.hydra/config.yaml``) whose run is unfinished."""
-    if not (folder / ".hydra" / "config.yaml").is_file():
-        fail("resume", str(folder), "a run folder (one holding .hydra/config.yaml)")
-    status = _status(folder)
-    if status not in UNFINISHED:
-        fail("resume", str(folder), f"an unfinished run (this one is {status})")
 
 
 def resumed_config(folder: Path, composed: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -111,7 +74,7 @@ class RunFolderGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if any(sweep_dir.glob(f"*/{Recorder.METRICS}")) and not requeued():
+        if any(sweep_dir.glob(f"*/{METRICS}")) and not requeued():
             with exit_on_config_error():
                 fail("hydra.sweep.dir", str(sweep_dir), "a folder without runs in it")
 

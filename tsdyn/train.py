@@ -11,21 +11,21 @@ import warnings
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from tsdyn.callbacks import StepProgressBar
+from tsdyn.build import build
 from tsdyn.config import exit_on_config_error, validate
 from tsdyn.console import next_steps, print_match_table
-from tsdyn.loggers import start_loggers
-from tsdyn.module import Diverged, Interrupted, TeacherStudent
+from tsdyn.module import Diverged, Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
-from tsdyn.recorder import Recorder
-from tsdyn.resume import CheckpointOnInterrupt, StopOnSignal, continue_in, last_checkpoint, resumed_config
+from tsdyn.resume import StopOnSignal, resumed_config
+from tsdyn.runfolder.lock import RunLock
+from tsdyn.runfolder.paths import last_checkpoint
+from tsdyn.runfolder.state import continue_in
 from tsdyn.slurm import set_threads
 
 log = logging.getLogger("tsdyn")
@@ -43,42 +43,19 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def build_teacher(cfg: DictConfig, data):
-    """The teacher: loaded from its file (``teacher=pretrained``), or made anew, drawing the inputs
-    it calibrates on (bias tuning, BatchNorm statistics) from ``data``."""
-    if "checkpoint" in cfg.teacher:
-        return instantiate(cfg.teacher)
-    return instantiate(cfg.teacher, input_sampler=lambda n, g: data.sample(n, cfg.teacher.d, g))
-
-
-def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Trainer]:
-    """Every object of a run from its (validated) config."""
-    data = instantiate(cfg.data)
-    teacher = build_teacher(cfg, data)
-    student = instantiate(cfg.student)(teacher)
-    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    lr_schedule = opt_cfg.pop("lr_schedule", None) or {}
-    renormalize = opt_cfg.pop("renormalize", None)
-    module = TeacherStudent(teacher, student, data, instantiate(opt_cfg), lr_schedule, renormalize=renormalize,
-                            loss=cfg.loss, steps_per_call=cfg.steps_per_call,
-                            log_every_n_steps=cfg.log_every_n_steps, recorder=Recorder(run_dir))
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    if run_dir is not None:
-        callbacks.append(CheckpointOnInterrupt(run_dir))
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(StepProgressBar())
-    loggers = start_loggers(cfg, run_dir)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return module, trainer
-
-
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train one run, or with ``resume`` continue it from ``checkpoints/last.ckpt`` (from the start
     if it stopped before its first checkpoint). Always writes ``summary.json``, status
     ``completed``, ``diverged`` (``diverged_at_step``: where the non-finite loss was seen),
     ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
-    ``failed`` (the error is re-raised)."""
+    ``failed`` (the error is re-raised, or training ended without the trainer finishing). A folder
+    another live process is writing is refused (:class:`~tsdyn.runfolder.lock.RunLock`)."""
     set_threads(cfg.get("threads"))
+    with RunLock(run_dir):
+        return _run(cfg, run_dir, resume)
+
+
+def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
     module, trainer = build(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None and not ckpt.exists():
@@ -89,7 +66,10 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     with StopOnSignal(module):
         try:
             trainer.fit(module, ckpt_path=ckpt)
-            summary["status"] = "completed"
+            if trainer.state.status == TrainerStatus.FINISHED and not trainer.interrupted:
+                summary["status"] = "completed"
+            else:
+                summary["error"] = f"training ended with the trainer {trainer.state.status.value}"
         except Diverged as err:
             summary.update(status="diverged", diverged_at_step=err.step)
         except (Interrupted, SIGTERMException) as err:  # Lightning's own SIGTERM exit: at a call's end

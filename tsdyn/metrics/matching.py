@@ -8,6 +8,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from tsdyn import keys
+
 DEAD_STD = 1e-6  # a teacher node whose activation std is below this never fires: no correlation
 
 
@@ -68,7 +70,7 @@ def match_summary(best: Tensor, thresholds: Sequence[float] = (0.9, 0.95, 0.99))
         "max_best": torch.where(live, best, torch.full_like(best, -float("inf"))).amax(-1),
     }
     for th in thresholds:
-        out[f"frac_above_{th:g}"] = ((filled > th) & live).sum(-1) / n_live
+        out[keys.frac_above(th)] = ((filled > th) & live).sum(-1) / n_live
     out["dead_teacher"] = (~live).sum(-1).float()
     return out
 
@@ -93,7 +95,7 @@ def match_count(c: Tensor, thresholds: Sequence[float]) -> dict[str, Tensor]:
     live = ~torch.isnan(c).all(-1)                               # [E, K_t]
     n_live = live.sum(-1).clamp(min=1)
     filled = torch.nan_to_num(c, nan=-2.0)
-    return {f"matchcnt_{t:g}": ((filled > t).sum(-1) * live).sum(-1) / n_live for t in thresholds}
+    return {keys.matchcnt(t): ((filled > t).sum(-1) * live).sum(-1) / n_live for t in thresholds}
 
 
 def recovery_rate(best: Tensor, threshold: float = 0.95) -> Tensor:

@@ -1,5 +1,11 @@
 """The one place that writes results: every Lightning logger, the run folder's metrics file,
 per-epoch arrays and the summary. Keys are the same everywhere (e.g. ``match/layer0/mean_best``).
+
+Every row reaches every logger through Lightning's logger API (``Logger.log_metrics``) at the
+optimizer step, with its ``epoch`` attached, as Lightning's own logging does; an epoch's values
+(ensemble means) also go through ``LightningModule.log`` into ``trainer.callback_metrics``, where
+``EarlyStopping`` and ``ModelCheckpoint(monitor=...)`` find them. In W&B a per-epoch key is plotted
+against ``epoch`` (``define_metric``), the training loss against the step.
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
+from tsdyn import keys
+from tsdyn.runfolder.paths import ANALYSIS, METRICS, SUMMARY, arrays_file
+from tsdyn.runfolder.reader import read_metrics
+
 
 def member_scalars(values: Mapping[str, Tensor]) -> dict[str, float]:
     """Per-member values ``{key: [E]}`` -> flat scalars. With one member: ``{key: v}``; with E > 1:
@@ -22,19 +32,19 @@ def member_scalars(values: Mapping[str, Tensor]) -> dict[str, float]:
     in one transfer."""
     if not values:
         return {}
-    keys = list(values)
-    flat = [values[k].detach().float().reshape(-1) for k in keys]
+    names = list(values)
+    flat = [values[k].detach().float().reshape(-1) for k in names]
     rows = np.split(torch.cat(flat).cpu().numpy(), np.cumsum([len(v) for v in flat])[:-1])
     out: dict[str, float] = {}
-    for key, row in zip(keys, rows):
+    for key, row in zip(names, rows):
         if row.size == 1:
             out[key] = float(row[0])
             continue
         finite = row[np.isfinite(row)]
         out[key] = float(finite.mean()) if finite.size else float("nan")
-        out[f"{key}/min"] = float(finite.min()) if finite.size else float("nan")
-        out[f"{key}/max"] = float(finite.max()) if finite.size else float("nan")
-        out.update({f"{key}/s{i}": float(v) for i, v in enumerate(row)})
+        out[keys.stat_key(key, "min")] = float(finite.min()) if finite.size else float("nan")
+        out[keys.stat_key(key, "max")] = float(finite.max()) if finite.size else float("nan")
+        out.update({keys.member_key(key, i): float(v) for i, v in enumerate(row)})
     return out
 
 
@@ -59,36 +69,57 @@ def _json_safe(x: Any) -> Any:
 
 
 class Recorder:
-    """Writes to ``run_dir`` (``metrics.jsonl``, ``arrays/``, ``summary.json``) and to the trainer's
-    loggers. ``run_dir=None`` writes to the loggers only (tests, benchmarks)."""
-
-    METRICS = "metrics.jsonl"
-    SUMMARY = "summary.json"
-    ANALYSIS = "analysis.json"
+    """Writes to ``run_dir`` (``metrics.jsonl``, ``arrays/``, ``summary.json``, ``analysis.json``)
+    and to the trainer's loggers. ``run_dir=None`` writes to the loggers only (tests, benchmarks)."""
 
     def __init__(self, run_dir: str | Path | None):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.last: dict[str, float] = {}
         self.analysis: dict[str, Any] = {}
+        self._epoch_axis: set[tuple[int, str]] = set()  # (W&B logger, key) plotted against the epoch
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def log(self, trainer, metrics: Mapping[str, float], epoch: int, step: int | None = None) -> None:
-        """One row: to every logger (at ``step``, default ``trainer.global_step``) and appended to
-        the metrics file."""
+    def log(self, trainer, metrics: Mapping[str, float], epoch: int, step: int | None = None,
+            monitor: bool = True) -> None:
+        """One row: appended to the metrics file and sent to every logger with ``epoch`` attached,
+        at ``step`` (default ``trainer.global_step``). An epoch's row (no ``step`` given) is plotted
+        against the epoch in W&B, and with ``monitor`` its ensemble means (keys without a
+        per-student suffix) go to ``trainer.callback_metrics`` through ``LightningModule.log``:
+        ``monitor`` must be False in hooks where Lightning refuses ``log`` (``on_train_end``)."""
+        per_epoch = step is None
         if step is None:
             step = int(trainer.global_step) if trainer is not None else 0
         metrics = dict(metrics)
         self.last.update(metrics)
         if self.run_dir is not None:
-            with open(self.run_dir / self.METRICS, "a") as f:
+            with open(self.run_dir / METRICS, "a") as f:
                 f.write(json.dumps(_json_safe({"step": step, "epoch": epoch, **metrics})) + "\n")
-        for logger in (trainer.loggers if trainer is not None else []):
-            logger.log_metrics(metrics, step=step)
+        if trainer is None:
+            return
+        for logger in trainer.loggers:
+            if per_epoch and isinstance(logger, WandbLogger):
+                self._epoch_x_axis(logger, metrics)
+            logger.log_metrics({**metrics, "epoch": epoch}, step=step)
+        if per_epoch and monitor and trainer.lightning_module is not None:
+            module = trainer.lightning_module
+            for key, value in metrics.items():
+                if keys.base_key(key) == key:
+                    module.log(key, float(value), on_step=False, on_epoch=True, logger=False)
+
+    def _epoch_x_axis(self, logger: WandbLogger, metrics: Mapping[str, float]) -> None:
+        """W&B: plot the per-epoch keys of ``metrics`` against ``epoch`` (declared once per key)."""
+        experiment = logger.experiment
+        if not hasattr(experiment, "define_metric"):
+            return
+        for key in metrics:
+            if (id(logger), key) not in self._epoch_axis:
+                experiment.define_metric(key, step_metric="epoch")
+                self._epoch_axis.add((id(logger), key))
 
     def metrics_bytes(self) -> int:
         """Size of the metrics file so far: a checkpoint records it for :meth:`rewind`."""
-        path = self.run_dir / self.METRICS if self.run_dir is not None else None
+        path = self.run_dir / METRICS if self.run_dir is not None else None
         return path.stat().st_size if path is not None and path.exists() else 0
 
     def rewind(self, nbytes: int) -> None:
@@ -97,7 +128,7 @@ class Recorder:
         rows kept."""
         if self.run_dir is None:
             return
-        path = self.run_dir / self.METRICS
+        path = self.run_dir / METRICS
         if path.exists():
             with open(path, "r+b") as f:
                 f.truncate(nbytes)
@@ -106,20 +137,19 @@ class Recorder:
             self.last.update({k: math.nan if v is None else v for k, v in row.items() if k not in ("step", "epoch")})
 
     def log_members(self, trainer, values: Mapping[str, Tensor], epoch: int,
-                    step: int | None = None) -> dict[str, float]:
+                    step: int | None = None, monitor: bool = True) -> dict[str, float]:
         """Per-student tensors ``{key: [E]}``, logged via :func:`member_scalars`; returns the row."""
         row = member_scalars(values)
-        self.log(trainer, row, epoch, step)
+        self.log(trainer, row, epoch, step, monitor)
         return row
 
     def save_arrays(self, name: str, epoch: int, arrays: Mapping[str, Tensor | np.ndarray]) -> Path | None:
         """Matrices and per-node vectors of one epoch: ``arrays/<name>_epoch<NNN>.npz`` (compressed)."""
         if self.run_dir is None:
             return None
-        folder = self.run_dir / "arrays"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{name}_epoch{epoch:03d}.npz"
-        tmp = folder / f".{path.stem}.tmp.npz"
+        path = arrays_file(self.run_dir, name, epoch)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
         np.savez_compressed(tmp, **{k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v
                                     for k, v in arrays.items()})
         os.replace(tmp, path)
@@ -133,7 +163,7 @@ class Recorder:
         """One section of ``analysis.json`` (end-of-run results: ``luck``, ``fanout``, ...), kept
         beside the sections written before."""
         self.analysis[section] = dict(content)
-        self.write_json(self.ANALYSIS, self.analysis)
+        self.write_json(ANALYSIS, self.analysis)
 
     @staticmethod
     def media_loggers(trainer) -> list[WandbLogger]:
@@ -157,22 +187,10 @@ class Recorder:
             logger.log_metrics(media, step=int(trainer.global_step))
 
     def write_summary(self, trainer, summary: Mapping[str, Any]) -> None:
-        """``summary.json`` (atomic) and each logger's run summary (W&B's ``run.summary``)."""
-        self.write_json(self.SUMMARY, summary)
+        """``summary.json`` (atomic) and each logger's run summary (W&B's ``run.summary``), which
+        holds the last value of every logged key already: ``final`` is not added to it a second time."""
+        self.write_json(SUMMARY, summary)
         for logger in (trainer.loggers if trainer is not None else []):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "summary"):
-                experiment.summary.update(_json_safe(dict(summary)))
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All rows of a run folder's metrics file (a torn last line from a crash is skipped)."""
-    rows = []
-    path = Path(run_dir) / Recorder.METRICS
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+                experiment.summary.update(_json_safe({k: v for k, v in summary.items() if k != "final"}))

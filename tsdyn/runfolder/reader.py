@@ -1,5 +1,5 @@
-"""Reading run folders back: the artifacts of the run-folder contract (``metrics.jsonl``,
-``summary.json``, ``arrays/<name>_epochNNN.npz``, ``.hydra/``), with no W&B needed.
+"""Reading run folders back (``tsdyn.report``, notebooks): the artifacts of the run-folder contract
+(``metrics.jsonl``, ``summary.json``, ``arrays/<name>_epochNNN.npz``, ``.hydra/``), no W&B needed.
 
 Per-student values: a run with E > 1 students logs ``<key>/s<i>`` beside the mean ``<key>``; every
 accessor here returns one value per student (``[E]``), so that aggregates over seeds can pool the
@@ -18,9 +18,23 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
-from tsdyn.recorder import Recorder, read_metrics
+from tsdyn import keys
+from tsdyn.runfolder.paths import ANALYSIS, HYDRA, METRICS, SUMMARY, array_epochs, arrays_file, is_run_folder
 
-SEED_KEY = re.compile(r"(^|\.)seed$")
+SEED_KEY = re.compile(r"(^|\.)seed$")  # a config key, not a metric key
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All rows of a run folder's metrics file (a torn last line from a crash is skipped)."""
+    rows = []
+    path = Path(run_dir) / METRICS
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
 
 def split_override(line: str) -> tuple[str, str]:
@@ -40,14 +54,24 @@ class RunFolder:
     @classmethod
     def load(cls, path: str | Path) -> "RunFolder":
         path = Path(path)
-        file = path / ".hydra" / "overrides.yaml"
+        file = path / HYDRA / "overrides.yaml"
         lines = yaml.safe_load(file.read_text()) or [] if file.exists() else []
         return cls(path, dict(split_override(str(line)) for line in lines))
 
     @cached_property
     def summary(self) -> dict[str, Any]:
-        file = self.path / Recorder.SUMMARY
+        file = self.path / SUMMARY
         return json.loads(file.read_text()) if file.exists() else {}
+
+    @cached_property
+    def analysis(self) -> dict[str, Any]:
+        """``analysis.json``: one section per analysis, end-of-run results."""
+        file = self.path / ANALYSIS
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    def report_keys(self) -> set[str]:
+        """The keys the run's analyses list for the report's table (``report`` of each section)."""
+        return {k for section in self.analysis.values() if isinstance(section, dict) for k in section.get("report", [])}
 
     @property
     def status(self) -> str:
@@ -57,7 +81,7 @@ class RunFolder:
     @cached_property
     def config(self) -> dict[str, Any]:
         """The job's composed config (``.hydra/config.yaml``), unresolved interpolations left as text."""
-        file = self.path / ".hydra" / "config.yaml"
+        file = self.path / HYDRA / "config.yaml"
         return OmegaConf.to_container(OmegaConf.load(file), resolve=False) if file.exists() else {}
 
     def config_value(self, key: str, default: Any = None) -> Any:
@@ -79,8 +103,8 @@ class RunFolder:
     def members(self, row: dict[str, Any], key: str) -> np.ndarray | None:
         """The per-student values ``[E]`` of ``key`` in a metrics row or the summary's ``final``
         (None where the key is absent; a null value reads NaN)."""
-        if f"{key}/s0" in row:
-            values = [row.get(f"{key}/s{i}") for i in range(self.num_students)]
+        if keys.member_key(key, 0) in row:
+            values = [row.get(keys.member_key(key, i)) for i in range(self.num_students)]
         elif key in row:
             values = [row[key]]
         else:
@@ -102,17 +126,16 @@ class RunFolder:
 
     def keys(self) -> set[str]:
         """Every scalar key of the run's final values, per-student suffixes dropped."""
-        return {re.sub(r"/(s\d+|min|max)$", "", k) for k in self.summary.get("final", {})}
+        return {keys.base_key(k) for k in self.summary.get("final", {})}
 
     def array_epochs(self, name: str) -> list[int]:
         """Epochs with an ``arrays/<name>_epochNNN.npz`` file, ascending."""
-        files = (self.path / "arrays").glob(f"{name}_epoch*.npz")
-        return sorted(int(m.group(1)) for f in files if (m := re.fullmatch(rf"{name}_epoch(\d+)\.npz", f.name)))
+        return array_epochs(self.path, name)
 
     def arrays(self, name: str, epoch: int) -> dict[str, np.ndarray]:
         """Every array of ``arrays/<name>_epoch<epoch>.npz`` (leading student axis E); read once."""
         if (name, epoch) not in self._arrays:
-            with np.load(self.path / "arrays" / f"{name}_epoch{epoch:03d}.npz") as data:
+            with np.load(arrays_file(self.path, name, epoch)) as data:
                 self._arrays[name, epoch] = {k: data[k] for k in data.files}
         return self._arrays[name, epoch]
 
@@ -126,10 +149,10 @@ def find_runs(folder: str | Path) -> list[RunFolder]:
     """The run folders in ``folder``: itself if it is one, else every folder below it holding a
     ``.hydra`` folder or a ``summary.json`` (a multirun's jobs), in job order."""
     folder = Path(folder)
-    if (folder / ".hydra").is_dir() or (folder / Recorder.SUMMARY).exists():
+    if is_run_folder(folder):
         return [RunFolder.load(folder)]
-    found = {p.parent for p in folder.rglob(".hydra") if p.is_dir()}
-    found |= {p.parent for p in folder.rglob(Recorder.SUMMARY)}
+    found = {p.parent for p in folder.rglob(HYDRA) if p.is_dir()}
+    found |= {p.parent for p in folder.rglob(SUMMARY)}
     found = {p for p in found if "wandb" not in p.relative_to(folder).parts}
 
     def order(p: Path):

@@ -1,0 +1,25 @@
+"""The one-line config error: raised by validation before any work, printed as one line (exit 2).
+Kept free of heavy imports, so that what runs before torch loads (the run-folder lock) can use it."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+class ConfigError(ValueError):
+    """A bad config value; ``str(err)`` is the one-line message for the user."""
+
+
+@contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """A :class:`ConfigError` inside ends the command: its one line on stderr, exit status 2."""
+    try:
+        yield
+    except ConfigError as err:
+        print(f"tsdyn: config error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
