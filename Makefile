@@ -45,7 +45,7 @@ $(FMNIST_RAW)/t10k-labels-idx1-ubyte:
 	gunzip -kf $(FMNIST_RAW)/*-ubyte.gz
 
 # figures and summary table of a run or multirun folder: make report RUN=outputs/multiruns/<date>/<time>
-# (default: the newest multirun); written to $(RUN)/report/
+# (default: the newest run or multirun under outputs/); written to $(RUN)/report/
 RUN ?=
 report: $(STAMP)
 	$(PY) -m tsdyn.report $(RUN)

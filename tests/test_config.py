@@ -12,7 +12,7 @@ from tsdyn.build import build
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF).iterdir() if g.is_dir()}
 # options that need image files or a teacher file: composed and built in tests/test_images.py
 IMAGE_OPTIONS = {("data", "fashion_mnist"), ("data", "mnist"), ("data", "cifar10"), ("teacher", "conv"),
-                 ("teacher", "pretrained")}
+                 ("teacher", "pretrained"), ("experiment", "fashion_mnist_student")}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts

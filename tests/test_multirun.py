@@ -48,6 +48,10 @@ def test_failing_and_diverging_jobs_are_recorded_and_the_rest_completes(tmp_path
     assert "ValueError" in runs[1].summary["error"] and "cannot draw 10 distinct" in runs[1].summary["error"]
     assert runs[2].summary["diverged_at_step"] > 0 and read_metrics(runs[2].path)  # metrics up to the NaN kept
     good = runs[5]
+    ends = res.stdout.strip().splitlines()[-3:]     # the multirun ends by naming its folder and next commands
+    assert ends == [f"multirun folder: {tmp_path}", f"upload to W&B:    wandb sync {tmp_path}/*/wandb/offline-run-*",
+                    f"figures + table:  python -m tsdyn.report {tmp_path}"]
+    assert len(list(tmp_path.glob("*/wandb/offline-run-*"))) >= 2
     assert [row["epoch"] for row in read_metrics(good.path) if "match/layer0/mean_best" in row] == [0, 1]
     evals = [row["loss/eval"] for row in read_metrics(good.path) if "loss/eval" in row]
     assert evals[-1] < evals[0] / 2                               # it trained

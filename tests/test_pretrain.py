@@ -2,6 +2,10 @@
 pruning, and students trained on the pretrained teacher."""
 import copy
 import json
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from tests.conftest import CONF, compose_cfg
+from tests.conftest import CONF, ROOT, compose_cfg
 from tests.image_files import learnable_images, write_mnist
 from tsdyn.config import ConfigError
 from tsdyn.metrics.accuracy import accuracy
@@ -19,7 +23,7 @@ from tsdyn.metrics.pruning import prune_, prune_smallest_fanout_
 from tsdyn.nets import (ConvReLUNet, ReLUNet, calibrate_bn_, load_teacher, make_student, predict,
                         read_teacher_file, save_teacher)
 from tsdyn.pretrain_teacher import pretrain, remove_nodes_, validate_pretrain
-from tsdyn.runfolder.reader import read_metrics
+from tsdyn.runfolder.reader import find_runs, read_metrics
 from tsdyn.build import build_teacher
 from tsdyn.train import run
 
@@ -181,6 +185,26 @@ def test_students_on_the_pretrained_teacher_log_matching_accuracy_agreement(imag
     for i, (acc_i, agree_i) in enumerate(zip(accuracy(out, labels), accuracy(out, predict(teacher, x)[0].argmax(-1)))):
         assert acc[-1][f"eval/accuracy/s{i}"] == pytest.approx(acc_i.item(), abs=1e-7)
         assert acc[-1][f"eval/agreement/s{i}"] == pytest.approx(agree_i.item(), abs=1e-7)
+
+
+def test_the_printed_student_command_trains_as_printed(images_root, tmp_path):
+    """``tsdyn.pretrain_teacher`` ends by printing the student command; run as printed (from the
+    same folder), it trains students that learn the teacher, no divergence."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    small = [f"data.root={images_root}", *SMALL_TEACHER[1:], "epochs=1", "threads=1"]
+    res = subprocess.run([sys.executable, "-m", "tsdyn.pretrain_teacher", "teacher=conv", "data=fashion_mnist", *small],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    printed = res.stdout.strip().splitlines()[-1].split("train students on it: ", 1)[1]
+    words = shlex.split(printed)
+    assert words[:4] == ["python", "-m", "tsdyn.train", "experiment=fashion_mnist_student"]
+    res = subprocess.run([sys.executable, *words[1:]],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = find_runs(tmp_path / "outputs" / "runs")
+    assert run.status == "completed" and run.summary["epochs"] == 2
+    evals = [r["loss/eval"] for r in read_metrics(run.path) if "loss/eval" in r]
+    assert len(evals) == 3 and evals[0] > evals[1] > evals[2] and evals[2] < 0.8 * evals[0]   # 24 Adam steps
 
 
 def test_pretraining_refuses_projected_sgd(images_root, tmp_path):

@@ -8,10 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 
 from tests.multiruns import multirun
-from tsdyn.runfolder.reader import read_metrics
+from tsdyn import plots
 from tsdyn.report import FIGURES, band, main, top_sorted, write_report
+from tsdyn.report.aggregate import PALETTE, group_runs, value_label
+from tsdyn.report.figures import DPI, STYLE, fig_curves, fig_fanout_nodes, sorted_blocks
+from tsdyn.runfolder.reader import find_runs, read_metrics
 
 KT = [3, 4]          # teacher hidden widths of the synthetic runs (layer 0 lowest)
 E = 2                # students per run
@@ -95,8 +101,8 @@ def test_report_writes_every_figure_and_the_table_matches(synthetic):
     md = path.read_text()
     assert "Skipped figures" not in md and "Layer 0 = lowest hidden layer" in md
     rows = table_rows(md, "Final values")
-    assert set(rows) == {"student.width_mult=1", "student.width_mult=2"}   # seeds pooled
-    for label, runs in (("student.width_mult=1", [0, 1]), ("student.width_mult=2", [2, 3])):  # run 4 diverged
+    assert set(rows) == {"width_mult 1", "width_mult 2"}   # seeds pooled, labelled by value
+    for label, runs in (("width_mult 1", [0, 1]), ("width_mult 2", [2, 3])):  # run 4 diverged
         cells = rows[label]
         assert cells[0] == f"{len(runs)}/{len(runs) + (label.endswith('2'))}" and cells[1] == str(E * len(runs))
         for col, key in ((3, "loss"), (4, "mean_best")):
@@ -110,12 +116,12 @@ def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic):
     folder, _ = synthetic
     md = write_report(folder).read_text()
     rows = table_rows(md, "Who wins")
-    assert list(rows) == ["student.width_mult=2"]          # the teacher-initialised group only
+    assert list(rows) == ["width_mult 2"]          # the teacher-initialised group only
     shares = []
     for num in (2, 3):
         idx = np.load(folder / str(num) / "arrays" / f"match_epoch{EPOCHS:03d}.npz")["best_student_layer1"]
         shares += [np.mean(idx[e] == np.arange(KT[1])) for e in range(E)]
-    assert numbers(rows["student.width_mult=2"][1]) == pytest.approx([np.mean(shares), min(shares), max(shares)],
+    assert numbers(rows["width_mult 2"][1]) == pytest.approx([np.mean(shares), min(shares), max(shares)],
                                                                      abs=6e-5)
 
 
@@ -138,6 +144,85 @@ def test_top_sorted_and_band():
     corr = np.array([[[0.1, 0.9, 0.5], [np.nan, np.nan, np.nan]]])          # E=1, K_t=2 (one dead), K_s=3
     assert top_sorted(corr, k=2).tolist() == [[0.9, 0.5]]
     assert band([np.array([1.0, np.nan]), np.array([3.0])])[:4] == (2.0, 1.0, 3.0, 2)
+    assert band([np.array([1.0, np.nan]), np.array([3.0])], "sd") == pytest.approx((2.0, 2 - 2 ** 0.5, 2 + 2 ** 0.5, 2))
+    assert band([np.array([4.0])], "sd") == (4.0, 4.0, 4.0, 1)
+
+
+def test_value_labels_and_sorted_blocks():
+    assert value_label({"student.width_mult": "5", "teacher.d_out": "20"}) == "width_mult 5, d_out 20"
+    assert value_label({"student.bn": "none", "teacher.bn": "after_relu", "epochs": "3"}) == \
+        "student.bn none, teacher.bn after_relu, epochs 3"
+    assert value_label({}) == "all runs"
+    assert sorted_blocks(np.array([3.0, 1.0, 2.0, 5.0, 4.0]), 2).tolist() == [3.0, 1.0, 5.0, 4.0, 2.0]
+    assert sorted_blocks(np.array([3.0, 1.0, 2.0]), 0).tolist() == [3.0, 2.0, 1.0]
+
+
+def png_dpi(path: Path) -> float:
+    """The resolution a PNG file states (its pHYs chunk: pixels per metre), in dots per inch."""
+    data = path.read_bytes()
+    at = data.index(b"pHYs") + 4
+    return int.from_bytes(data[at:at + 4], "big") * 0.0254
+
+
+def inside(fig) -> bool:
+    """Whether everything ``fig`` draws (titles, labels, tick labels, legends) lies within its edges."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()                                       # lays the figure out (constrained layout)
+    box = fig.get_tightbbox(canvas.get_renderer())      # inches
+    return box.x0 >= -0.01 and box.y0 >= -0.01 and box.x1 <= fig.get_figwidth() + 0.01 \
+        and box.y1 <= fig.get_figheight() + 0.01
+
+
+def drawn(folder: Path, make):
+    """The groups of the runs in ``folder``, figure ``make`` of them (mean +- sd bands) and its
+    visible panels, after checking that it draws nothing beyond its edges."""
+    groups = group_runs(find_runs(folder))
+    with rc_context(STYLE):
+        fig, _ = make(groups, "sd")
+        assert inside(fig)
+    return groups, fig, [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_curves_figure_is_paper_ready(synthetic):
+    groups, fig, axes = drawn(synthetic[0], fig_curves)
+    layer_axes = axes[:len(KT)]
+    assert len({ax.get_ylim() for ax in layer_axes}) == 1                       # one y-range across layers
+    for ax in axes:                                                              # integer epoch ticks
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["width_mult 1", "width_mult 2"]
+    assert [to_hex(g.color) for g in groups] == [c.lower() for c in PALETTE[:2]]
+    # the band of group "width_mult 1", layer 0: mean +- sd (ddof 1) over 2 runs x 2 students per epoch
+    runs = [r for r in groups[0].completed]
+    per_epoch = np.array([[row[f"match/layer0/mean_best/s{i}"] for r in runs for i in range(E)
+                           for row in [[x for x in read_metrics(r.path) if x["epoch"] == epoch][-1]]]
+                          for epoch in range(EPOCHS + 1)])
+    line = layer_axes[0].lines[0]
+    assert line.get_ydata() == pytest.approx(per_epoch.mean(1))
+    fill = layer_axes[0].collections[0].get_paths()[0].vertices[:, 1]           # the band's outline
+    sd = per_epoch.std(1, ddof=1)
+    assert fill.min() == pytest.approx((per_epoch.mean(1) - sd).min()) and \
+        fill.max() == pytest.approx((per_epoch.mean(1) + sd).max())
+
+
+def test_fanout_figure_sorts_each_block(synthetic):
+    groups, _, axes = drawn(synthetic[0], fig_fanout_nodes)
+    assert len({ax.get_ylim() for ax in axes}) == 1
+    # panels: (width 1: layers 0, 1), (width 2, teacher-initialised: layers 0, 1); last epoch's line
+    for ax, block in zip(axes, [0, 0, KT[0], KT[1]]):
+        y = ax.lines[-2 if block else -1].get_ydata()
+        for part in (y[:block], y[block:]):
+            assert (np.diff(part) <= 0).all()
+    run = groups[1].completed[0]
+    fan = run.arrays("fanout", EPOCHS)["fanout_layer1"][0]
+    assert sorted(axes[3].lines[-2].get_ydata()) == pytest.approx(sorted(fan))
+
+
+def test_report_files_are_200_dpi_png_and_pdf(synthetic):
+    folder, _ = synthetic
+    out = write_report(folder, spread="minmax").parent
+    assert DPI == 200 and png_dpi(out / "curves.png") == pytest.approx(200, abs=0.1)
+    assert (out / "curves.pdf").read_bytes().startswith(b"%PDF")
+    assert "band: min to max" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -150,13 +235,20 @@ def test_report_on_a_real_multirun(tmp_path):
     assert "Skipped figures" not in md
     assert {p.stem for p in (tmp_path / "report").glob("*.png")} == set(FIGURES)
     rows = table_rows(md, "Final values")
-    for num, label in ((0, "student.width_mult=1"), (1, "student.width_mult=2")):
+    for num, label in ((0, "width_mult 1"), (1, "width_mult 2")):
         metrics = read_metrics(tmp_path / str(num))
         for col, key in ((3, "loss/eval"), (4, "match/layer0/mean_best")):
             last = [r for r in metrics if key in r][-1]
             values = [last[f"{key}/s{i}"] for i in range(2)]
             assert numbers(rows[label][col]) == pytest.approx([np.mean(values), min(values), max(values)],
                                                               rel=2e-4, abs=6e-5)
+
+
+def test_dashboard_figures_draw_inside_their_edges():
+    rng = np.random.default_rng(0)
+    fans = [10 ** rng.uniform(-10, 0.5, 40) for _ in range(4)]            # log10 tick labels down to -10
+    assert inside(plots.lshape([rng.uniform(-0.2, 1, 40) for _ in range(4)], fans, "L-shape"))
+    assert inside(plots.corr_heatmaps([rng.uniform(-1, 1, (10, 30)) for _ in range(4)], "matching"))
 
 
 def section_rows(md: str, section: str) -> list[list[str]]:
@@ -168,17 +260,17 @@ def test_specialization_and_teacher_block_fanout_tables(synthetic):
     """Recomputed with numpy from the saved arrays of the completed runs (run 4 diverged)."""
     folder, _ = synthetic
     md = write_report(folder).read_text()
-    groups = {"student.width_mult=1": [0, 1], "student.width_mult=2": [2, 3]}
+    groups = {"width_mult 1": [0, 1], "width_mult 2": [2, 3]}
     spec = {(r[0], int(r[1])): r for r in section_rows(md, "Specialization")}
     fan = {(r[0], int(r[1])): r for r in section_rows(md, "Fan-out of the teacher-initialised")}
-    assert set(fan) == {("student.width_mult=2", 0), ("student.width_mult=2", 1)}   # perturbed init only
+    assert set(fan) == {("width_mult 2", 0), ("width_mult 2", 1)}   # perturbed init only
     for label, runs in groups.items():
         for layer in (0, 1):
             last = [np.load(folder / str(n) / "arrays" / f"match_epoch{EPOCHS:03d}.npz") for n in runs]
             best = np.concatenate([a[f"best_layer{layer}"] for a in last])
             assert spec[(label, layer)][2] == str(len(best))
             assert numbers(spec[(label, layer)][3]) == pytest.approx((best > 0.95).mean(0), abs=0.006)
-            if label in ("student.width_mult=2",):
+            if label == "width_mult 2":
                 fans = [np.load(folder / str(n) / "arrays" / f"fanout_epoch{EPOCHS:03d}.npz")[f"fanout_layer{layer}"]
                         for n in runs]
                 for col, part in ((2, np.concatenate([f[:, :KT[layer]].ravel() for f in fans])),

@@ -85,7 +85,7 @@ def runs_as_one_array_and_the_report_reads_it(array_run):
     assert report([str(array_run.dir)]) == 0
     md = (array_run.dir / "report" / "report.md").read_text()
     assert "3 runs in 3 groups" in md and "status: 2 completed, 1 failed" in md
-    assert "| student.width_mult=2 | 1/1 | 1 | 3 |" in md and "| student.width_mult=0 | 0/1 | 0 | - |" in md
+    assert "| width_mult 2 | 1/1 | 1 | 3 |" in md and "| width_mult 0 | 0/1 | 0 | - |" in md
 
 
 def failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):

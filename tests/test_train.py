@@ -3,9 +3,12 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from tests.conftest import wandb_offline_log
+from tsdyn.build import build
+from tsdyn.callbacks import StepProgressBar
 from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
 
@@ -60,3 +63,27 @@ def test_ensemble_logs_per_student_and_aggregate(small_cfg):
     assert abs(last["match/layer0/mean_best"] - sum(per) / 3) < 1e-6
     assert last["match/layer0/mean_best/min"] == min(per) and last["match/layer0/mean_best/max"] == max(per)
     assert len(set(per)) == 3
+
+
+def test_progress_bar_counts_optimizer_steps_and_shows_epoch_and_loss(small_cfg):
+    cfg = small_cfg("epochs=2", "trainer.enable_progress_bar=true")          # 64 steps per epoch, 16 per call
+    module, trainer = build(cfg, Path(cfg.run_dir))
+    (bar,) = [c for c in trainer.callbacks if isinstance(c, StepProgressBar)]
+    seen = []
+
+    class Spy(pl.Callback):  # the bar as drawn after the previous call, and at the epoch's end
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.record()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.record()
+
+        def record(self):
+            task = bar.progress.tasks[bar.train_progress_bar_id]
+            seen.append((task.description, task.completed, task.total))
+
+    trainer.callbacks.append(Spy())
+    trainer.fit(module)
+    assert seen == [(f"epoch {e}/2", done, 64) for e in (1, 2) for done in (0, 16, 32, 48, 64)]
+    metrics = bar.get_metrics(trainer, module)
+    assert "v_num" not in metrics and metrics["loss"] > 0

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tsdyn.callbacks import StepProgressBar
 from tsdyn.loggers import start_loggers
 from tsdyn.module import TeacherStudent
 from tsdyn.resume import CheckpointOnInterrupt
@@ -60,6 +61,8 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if run_dir is not None:
         callbacks.append(CheckpointOnInterrupt(run_dir))
+    if trainer_kwargs.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
     loggers = [] if trainer_kwargs.get("fast_dev_run") else start_loggers(cfg, run_dir)
     trainer = instantiate(trainer_kwargs, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return module, trainer

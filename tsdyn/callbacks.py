@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import RichProgressBar
 from torch import Tensor
 
 from tsdyn import keys, plots
@@ -492,3 +493,30 @@ class LabelAccuracy(Analysis):
         student.train(was_training)
         values.update({"eval/accuracy": accuracy(out, labels), "eval/agreement": accuracy(out, self.teacher_classes)})
         return Result(values)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's progress bar counting optimizer steps (one ``training_step`` runs
+    ``steps_per_call`` of them), described ``epoch <e>/<epochs>`` (1-based), with the last training
+    loss and without Lightning's version number. Added by ``tsdyn.build.build`` when
+    ``trainer.enable_progress_bar`` is true."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.lightning_module.data.steps_per_epoch()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"epoch {current_epoch + 1}/{self.trainer.max_epochs}"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.train_progress_bar_id is None:  # resumed inside an epoch
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step - trainer.current_epoch * self.total_train_batches)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

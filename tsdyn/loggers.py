@@ -37,6 +37,8 @@ def wandb_run_id(run_dir: str | Path | None) -> str:
 
 def _start_wandb(node: DictConfig, run_dir: str | Path | None, hparams: dict) -> WandbLogger:
     logger = instantiate(node, id=wandb_run_id(run_dir))
+    if logger._wandb_init.get("anonymous") is None:  # Lightning passes None; W&B warns about any value
+        logger._wandb_init.pop("anonymous", None)
     if node.get("mode") == "online":
         import wandb
         if not wandb.login(prompt=False, verify=False):

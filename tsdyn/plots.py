@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PANEL = 2.6  # inches per panel
 DPI = 72
@@ -25,8 +26,8 @@ def grid(n: int, max_cols: int = 4, panel: float = PANEL, fast: bool = False) ->
     fig = Figure(figsize=(panel * cols, panel * rows), dpi=DPI, layout=None if fast else "constrained")
     if fast:
         width, height = panel * cols, panel * rows  # margins in inches: room for labels and titles
-        fig.subplots_adjust(left=0.6 / width, right=1 - 0.9 / width, bottom=0.5 / height,
-                            top=1 - 0.5 / height, wspace=0.5, hspace=0.6)
+        fig.subplots_adjust(left=0.85 / width, right=1 - 0.9 / width, bottom=0.5 / height,
+                            top=1 - 0.5 / height, wspace=0.65, hspace=0.6)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -54,6 +55,8 @@ def corr_heatmaps(corrs: Sequence[np.ndarray], title: str) -> Figure:
     for layer, (ax, c) in enumerate(zip(axes, corrs)):
         im = ax.imshow(matched_heatmap(c), vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set(title=f"layer {layer}", xlabel="its best student", ylabel="teacher node")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # node indices
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=axes, shrink=0.8, pad=0.02)
     fig.suptitle(title)
     return fig

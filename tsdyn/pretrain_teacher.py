@@ -12,6 +12,7 @@ that a removed node is constant and counts as a dead teacher node in matching. T
 from __future__ import annotations
 
 import copy
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import hydra
 import torch
 import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -126,9 +128,18 @@ def main(cfg: DictConfig) -> float:
     pruned = f", {100 * summary['test_accuracy']:.2f}% after pruning {summary['prune']:g}" if summary["prune"] else ""
     print(f"teacher: best test accuracy {100 * summary['test_accuracy_unpruned']:.2f}% (epoch {summary['best_epoch']})"
           f"{pruned}; written to {summary['checkpoint']}\n"
-          f"train students on it: python -m tsdyn.train teacher=pretrained "
-          f"teacher.checkpoint={summary['checkpoint']} data={cfg.data.dataset}")
+          f"train students on it: {student_command(summary['checkpoint'], HydraConfig.get().overrides.task)}")
     return summary["test_accuracy"]
+
+
+def student_command(checkpoint: str, overrides: list[str]) -> str:
+    """The command that trains students on the teacher file ``checkpoint``: the image-student preset
+    (conf/experiment/fashion_mnist_student.yaml: Adam at lr 1e-3) on the data the teacher was
+    trained on (the data overrides of the pre-training command, ``overrides``)."""
+    data = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "data"
+            or o.lstrip("+~").startswith("data.")]
+    words = ["python", "-m", "tsdyn.train", "experiment=fashion_mnist_student", f"teacher.checkpoint={checkpoint}", *data]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tsdyn.build import build
 from tsdyn.config import exit_on_config_error, validate
-from tsdyn.console import print_match_table
+from tsdyn.console import next_steps, print_match_table
 from tsdyn.module import Diverged, Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
 from tsdyn.resume import StopOnSignal, resumed_config
@@ -37,7 +37,9 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 # (TeacherStudent.training_step), and the run's own checkpoints/ folder is written again
 warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty.*")
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+HARMLESS_LINES = ("Tip:", "GPU available:", "TPU available:")  # Lightning's notes on hardware and its tips
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda r: not any(text in r.getMessage() for text in HARMLESS_LINES))
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
@@ -106,6 +108,8 @@ def job(cfg: DictConfig) -> float | None:
             resume = continue_in(run_dir)
     summary = run(cfg, run_dir, resume)
     print_match_table(summary)
+    if not in_multirun():  # a multirun prints them once, for its folder (tsdyn.console.NextSteps)
+        print("\n".join(next_steps(run_dir)), flush=True)
     if summary["status"] == "diverged":
         print(f"tsdyn: run diverged (non-finite loss) at step {summary['diverged_at_step']}; "
               f"metrics so far are in {run_dir}", file=sys.stderr)
@@ -119,8 +123,13 @@ def main(cfg: DictConfig) -> float | None:
     return multirun_job(job, cfg) if in_multirun() else job(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m tsdyn.train`` and the ``tsdyn-train`` console script."""
     try:
         main()
     except Interrupted as stop:  # checkpoint saved: exit as a process ended by that signal would
         sys.exit(128 + stop.signum)
+
+
+if __name__ == "__main__":
+    cli()

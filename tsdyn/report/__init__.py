@@ -4,14 +4,16 @@ run folders alone (no W&B), written to ``<folder>/report/``.
 Runs are grouped by their overridden keys, seed keys left out (runs that differ only in seeds are
 trials of one setting). Every value is aggregated over the completed runs of a group *and* over the
 students inside each run (``student.num_students``; per-student keys ``<key>/s<i>``): the mean, and
-a min-max band. Runs that diverged or failed are listed, never averaged in. Layer 0 is the lowest
-hidden layer in every figure and table. Figures (PNG and PDF), each skipped with a note in the
-table when the runs lack its data:
+in the figures a band of +- one standard deviation (``--band minmax``: min to max), in the tables
+[min, max]. Runs that diverged or failed are listed, never averaged in. Layer 0 is the lowest
+hidden layer in every figure and table. Figures are drawn for a paper (:mod:`tsdyn.report.figures`);
+what each figure shows and how is said in its caption in ``report.md``. Figures, each skipped with a
+note in the table when the runs lack its data:
 
 1. ``curves``: mean best correlation per layer and eval loss vs epoch;
 2. ``luck``: mean / median top-% rank of the final winner per layer vs baseline epoch;
 3. ``width``: final mean best correlation per layer vs width_mult;
-4. ``fanout_nodes``: fan-out norm vs student node index at several epochs, and ``fanout_lshape``:
+4. ``fanout_nodes``: fan-out norm per student node, sorted, at several epochs, and ``fanout_lshape``:
    best correlation vs fan-out norm at the end (the L-shape);
 5. ``bn_bias``: BatchNorm bias histograms per layer, share <= 0 in the legend;
 6. ``sorted_corr``: each teacher node's top-20 student correlations, sorted, at initialisation and
@@ -28,15 +30,16 @@ from pathlib import Path
 
 from matplotlib import rc_context
 
-from tsdyn.report.aggregate import band, group_runs  # noqa: F401 - band: part of the report's API
+from tsdyn.report.aggregate import BANDS, band, group_runs  # noqa: F401 - band: part of the report's API
 from tsdyn.report.figures import DPI, FIGURES, STYLE, top_sorted  # noqa: F401 - top_sorted: likewise
 from tsdyn.report.markdown import markdown
-from tsdyn.runfolder.reader import find_runs, newest_multirun
+from tsdyn.runfolder.reader import find_runs, newest_output
 
 
-def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
-    """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``);
-    returns the path of ``report.md``."""
+def write_report(folder: str | Path, out: str | Path | None = None, spread: str = "sd") -> Path:
+    """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``),
+    the figures' bands ``spread`` (``sd`` or ``minmax``, see :func:`band`); returns the path of
+    ``report.md``."""
     folder = Path(folder)
     runs = find_runs(folder)
     if not runs:
@@ -44,33 +47,35 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
-    written, skipped = {}, {}
-    for name, (text, make) in FIGURES.items():
+    written, skipped = [], {}
+    for name, (_, make) in FIGURES.items():
         with rc_context(STYLE):
-            fig, reason = make(groups)
+            fig, reason = make(groups, spread)
             if fig is None:
                 skipped[name] = reason
                 continue
             for ext in ("png", "pdf"):
-                fig.savefig(out / f"{name}.{ext}", dpi=DPI)
-        written[name] = text
+                fig.savefig(out / f"{name}.{ext}", dpi=DPI, bbox_inches="tight", pad_inches=0.05)
+        written.append(name)
     path = out / "report.md"
-    path.write_text(markdown(folder, groups, written, skipped))
+    path.write_text(markdown(folder, groups, written, skipped, spread))
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tsdyn.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", nargs="?", help="a run or multirun folder (default: the newest under "
-                                                  "outputs/multiruns)")
+    parser.add_argument("folder", nargs="?", help="a run or multirun folder (default: the newest run or "
+                                                  "multirun under outputs/)")
     parser.add_argument("--out", help="where to write (default: <folder>/report)")
+    parser.add_argument("--band", choices=list(BANDS), default="sd",
+                        help="the figures' bands around the mean over seeds and students (default: sd)")
     args = parser.parse_args(argv)
-    folder = args.folder or newest_multirun()
+    folder = args.folder or newest_output()
     if folder is None:
-        print("tsdyn.report: no folder given and no multirun under outputs/multiruns", file=sys.stderr)
+        print("tsdyn.report: no folder given and no run under outputs/runs or outputs/multiruns", file=sys.stderr)
         return 2
     try:
-        path = write_report(folder, args.out)
+        path = write_report(folder, args.out, args.band)
     except FileNotFoundError as err:
         print(f"tsdyn.report: {err}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """Aggregation of run folders for the report: runs grouped by their non-seed overrides, values
-pooled over the completed runs of a group and the students of each run (mean and min-max band)."""
+pooled over the completed runs of a group and the students of each run (mean and a band: +- one
+standard deviation or min to max)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,19 +15,39 @@ from tsdyn.metrics.matching import recovery_rate
 from tsdyn.runfolder.reader import RunFolder
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
+BANDS = {"sd": "+- one standard deviation", "minmax": "min to max"}   # --band: the figures' bands
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]  # Okabe-Ito
 
 
 @dataclass
 class Group:
-    """Runs that differ only in seed keys; ``label`` names the keys that differ between groups."""
+    """Runs that differ only in seed keys; ``values``: the keys that differ between groups and
+    their values in this one."""
 
-    label: str
+    values: dict[str, str]
     runs: list[RunFolder]
-    color: tuple
+    color: str | tuple
+
+    @property
+    def label(self) -> str:
+        return value_label(self.values)
 
     @property
     def completed(self) -> list[RunFolder]:
         return [r for r in self.runs if r.status == "completed"]
+
+
+def value_label(values: dict[str, str]) -> str:
+    """``{"student.width_mult": "5", "teacher.d_out": "20"}`` -> ``"width_mult 5, d_out 20"``: each
+    key by its last part, or in full where two keys share that part; ``"all runs"`` when empty."""
+    last = [k.rsplit(".", 1)[-1] for k in values]
+    return ", ".join(f"{k if last.count(short) > 1 else short} {v}"
+                     for (k, v), short in zip(values.items(), last)) or "all runs"
+
+
+def colors(n: int) -> list:
+    """``n`` colour-blind-safe colours: the Okabe-Ito palette, or viridis steps beyond 8."""
+    return PALETTE[:n] if n <= len(PALETTE) else [colormaps["viridis"](i / (n - 1)) for i in range(n)]
 
 
 def group_runs(runs: list[RunFolder]) -> list[Group]:
@@ -37,38 +58,39 @@ def group_runs(runs: list[RunFolder]) -> list[Group]:
     by_key: dict[tuple, list[RunFolder]] = {}
     for run, key in zip(runs, settings):
         by_key.setdefault(tuple(key.get(k) for k in varying), []).append(run)
-    n = len(by_key)
-    cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
-    groups = []
-    for i, (values, members) in enumerate(by_key.items()):
-        label = ", ".join(f"{k}={v}" for k, v in zip(varying, values) if v is not None) or "all runs"
-        groups.append(Group(label, members, cmap(i if n <= 10 else i / max(n - 1, 1))))
-    return groups
+    return [Group({k: v for k, v in zip(varying, values) if v is not None}, members, color)
+            for (values, members), color in zip(by_key.items(), colors(len(by_key)))]
 
 
-def band(samples: Iterable[np.ndarray]) -> tuple[float, float, float, int]:
-    """(mean, min, max, count) of the finite values of all ``samples`` (NaN, NaN, NaN, 0 if none)."""
+def band(samples: Iterable[np.ndarray], spread: str = "minmax") -> tuple[float, float, float, int]:
+    """(mean, low, high, count) of the finite values of all ``samples`` (NaN, NaN, NaN, 0 if none):
+    low, high = min, max (``spread="minmax"``) or mean -+ the standard deviation (``"sd"``, ddof 1;
+    0 for one value)."""
     values = np.concatenate([np.ravel(s) for s in samples] or [np.array([])]).astype(float)
     values = values[np.isfinite(values)]
     if not values.size:
         return float("nan"), float("nan"), float("nan"), 0
-    return float(values.mean()), float(values.min()), float(values.max()), int(values.size)
+    mean = float(values.mean())
+    if spread == "sd":
+        sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        return mean, mean - sd, mean + sd, int(values.size)
+    return mean, float(values.min()), float(values.max()), int(values.size)
 
 
-def final_band(group: Group, key: str) -> tuple[float, float, float, int]:
+def final_band(group: Group, key: str, spread: str = "minmax") -> tuple[float, float, float, int]:
     """Final value of ``key`` over the group's completed runs and their students."""
-    return band(v for r in group.completed if (v := r.final(key)) is not None)
+    return band((v for r in group.completed if (v := r.final(key)) is not None), spread)
 
 
-def series_band(group: Group, key: str) -> tuple[np.ndarray, np.ndarray]:
+def series_band(group: Group, key: str, spread: str) -> tuple[np.ndarray, np.ndarray]:
     """``key`` per epoch over the group's completed runs and students: (epochs ``[T]``,
-    ``[T, 3]`` mean / min / max)."""
+    ``[T, 3]`` mean / low / high, see :func:`band`)."""
     per_epoch: dict[int, list[np.ndarray]] = {}
     for run in group.completed:
         for epoch, values in run.series(key).items():
             per_epoch.setdefault(epoch, []).append(values)
     epochs = sorted(per_epoch)
-    return np.array(epochs), np.array([band(per_epoch[e])[:3] for e in epochs]).reshape(-1, 3)
+    return np.array(epochs), np.array([band(per_epoch[e], spread)[:3] for e in epochs]).reshape(-1, 3)
 
 
 def layers_of(runs: Iterable[RunFolder], section: str, name: str) -> list[int]:

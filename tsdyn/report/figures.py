@@ -1,30 +1,33 @@
-"""The report's figures: each ``fig_<name>(groups)`` returns (Figure, None), or (None, the reason
-it was skipped) when the runs lack its data."""
+"""The report's figures, drawn for a paper: groups labelled by value (``width_mult 5``), one y-range
+across the layer panels of a figure, integer epoch ticks, the Okabe-Ito colour-blind-safe palette,
+PNG at 200 dpi and vector PDF, short titles; what each figure shows and how is said in its caption
+(``FIGURES``, written into ``report.md``). Each ``fig_<name>(groups, spread)`` returns (Figure,
+None), or (None, the reason it was skipped) when the runs lack its data."""
 from __future__ import annotations
 
-import textwrap
 from typing import Callable
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from tsdyn import keys
 from tsdyn.metrics.matching import recovery_rate
 from tsdyn.plots import grid
-from tsdyn.report.aggregate import LAYER_NOTE, Group, final_band, last_arrays, layers_of, series_band
+from tsdyn.report.aggregate import Group, band, final_band, last_arrays, layers_of, series_band
 from tsdyn.runfolder.reader import RunFolder
 
-BAND_NOTE = "line: mean, band: min-max over seeds and students"
 TOP_K = 20          # sorted-correlation curves: the best TOP_K students per teacher node
 MAX_PANELS = 24     # per-run figures (fan-out vs node index) show at most this many panels
-DPI = 100
+DPI = 200
 PANEL = 3.2         # inches per panel
 MIN_WIDTH = 8.0     # inches
-STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
-         "xtick.labelsize": 7, "ytick.labelsize": 7}
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "axes.formatter.useoffset": False}
 
 
 def layer_title(layer: int) -> str:
@@ -38,8 +41,20 @@ def panels(n: int, max_cols: int = 4):
     return fig, axes
 
 
+def same_ylim(axes: list[Axes]) -> None:
+    """One y-range for ``axes``: the union of their own."""
+    lows, highs = zip(*(ax.get_ylim() for ax in axes))
+    for ax in axes:
+        ax.set_ylim(min(lows), max(highs))
+
+
+def integer_xticks(axes: list[Axes]) -> None:
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_band(ax, x, stats: np.ndarray, color, style: str = "-", marker: str | None = "o") -> None:
-    """Mean line (``stats[:, 0]``) and min-max band (``stats[:, 1:3]``)."""
+    """Mean line (``stats[:, 0]``) and band (``stats[:, 1:3]``: low and high)."""
     ax.plot(x, stats[:, 0], style, color=color, lw=1.5, marker=marker if len(x) < 25 else None, ms=3)
     ax.fill_between(x, stats[:, 1], stats[:, 2], color=color, alpha=0.2, lw=0)
 
@@ -53,9 +68,11 @@ def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) 
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), frameon=False)
 
 
-# Each returns (Figure, None) or (None, the reason it was skipped).
+# Each takes the groups and the band kind (``spread``, see :func:`~tsdyn.report.aggregate.band`) and
+# returns (Figure, None) or (None, the reason it was skipped). Titles are short; FIGURES' captions
+# (report.md) say the rest.
 
-def fig_curves(groups: list[Group]):
+def fig_curves(groups: list[Group], spread: str):
     runs = [r for g in groups for r in g.completed]
     layers = layers_of(runs, "match", "mean_best")
     if not layers:
@@ -63,22 +80,24 @@ def fig_curves(groups: list[Group]):
     fig, axes = panels(len(layers) + 1, max_cols=5)
     for ax, layer in zip(axes, layers):
         for g in groups:
-            epochs, stats = series_band(g, keys.layer_key("match", layer, "mean_best"))
+            epochs, stats = series_band(g, keys.layer_key("match", layer, "mean_best"), spread)
             if len(epochs):
                 plot_band(ax, epochs, stats, g.color)
-        ax.set(title=layer_title(layer), xlabel="epoch (0 = init)", ylabel="mean best correlation")
+        ax.set(title=layer_title(layer), xlabel="epoch", ylabel="mean best correlation")
     ax = axes[-1]
     for g in groups:
-        epochs, stats = series_band(g, "loss/eval")
+        epochs, stats = series_band(g, "loss/eval", spread)
         if len(epochs):
             plot_band(ax, epochs, stats, g.color)
-    ax.set(title="eval loss", xlabel="epoch (0 = init)", ylabel="loss", yscale="log")
-    fig.suptitle(f"Teacher-student matching over training ({LAYER_NOTE}; {BAND_NOTE})", fontsize=9)
+    ax.set(title="eval loss", xlabel="epoch", ylabel="loss", yscale="log")
+    same_ylim(axes[:-1])
+    integer_xticks(axes)
+    fig.suptitle("Matching over training")
     legend(fig, groups)
     return fig, None
 
 
-def fig_luck(groups: list[Group]):
+def fig_luck(groups: list[Group], spread: str):
     runs = [r for g in groups for r in g.completed]
     layers = layers_of(runs, "luck", keys.luck_rank("mean", 0))
     if not layers:
@@ -88,19 +107,20 @@ def fig_luck(groups: list[Group]):
     for ax, layer in zip(axes, layers):
         for g in groups:
             for stat, style in (("mean", "-"), ("median", "--")):
-                stats = np.array([final_band(g, keys.layer_key("luck", layer, keys.luck_rank(stat, b)))[:3] for b in baselines])
+                stats = np.array([final_band(g, keys.layer_key("luck", layer, keys.luck_rank(stat, b)), spread)[:3]
+                                  for b in baselines])
                 ok = np.isfinite(stats[:, 0])
                 if ok.any():
                     plot_band(ax, np.array(baselines)[ok], stats[ok], g.color, style)
-        ax.set(title=layer_title(layer), xlabel="baseline epoch b (0 = init)", ylabel="top-% rank at b",
-               ylim=(0, None))
-    fig.suptitle(f"Luck: rank of each teacher node's final best student in the ordering at epoch b\n"
-                 f"({LAYER_NOTE}; lower = the winner was already ahead; {BAND_NOTE})", fontsize=9)
+        ax.set(title=layer_title(layer), xlabel="baseline epoch b", ylabel="top-% rank at b", ylim=(0, None))
+    same_ylim(axes)
+    integer_xticks(axes)
+    fig.suptitle("Luck: the final winner's rank at epoch b")
     legend(fig, groups, [("-", "mean over teacher nodes"), ("--", "median over teacher nodes")])
     return fig, None
 
 
-def fig_width(groups: list[Group]):
+def fig_width(groups: list[Group], spread: str):
     runs = [r for g in groups for r in g.completed]
     widths = sorted({r.config_value("student.width_mult") for r in runs} - {None})
     layers = layers_of(runs, "match", "mean_best")
@@ -108,24 +128,24 @@ def fig_width(groups: list[Group]):
         return None, "fewer than two student.width_mult values among the completed runs"
     series: dict[tuple, list[Group]] = {}   # groups that differ only in width_mult share a line
     for g in groups:
-        rest = tuple((k, v) for k, v in g.runs[0].group_key() if k != "student.width_mult")
+        rest = tuple((k, v) for k, v in g.values.items() if k != "student.width_mult")
         series.setdefault(rest, []).append(g)
-    lines = [(members[0], members) for members in series.values()]
     fig, axes = panels(len(layers))
     for ax, layer in zip(axes, layers):
-        for first, members in lines:
+        for members in series.values():
             points = sorted(((r.config_value("student.width_mult"), g) for g in members for r in g.completed[:1]),
                             key=lambda p: p[0])
             xs = np.array([w for w, _ in points])
-            stats = np.array([final_band(g, keys.layer_key("match", layer, "mean_best"))[:3] for _, g in points]).reshape(-1, 3)
+            stats = np.array([final_band(g, keys.layer_key("match", layer, "mean_best"), spread)[:3]
+                              for _, g in points]).reshape(-1, 3)
             if len(xs):
-                plot_band(ax, xs, stats, first.color)
+                plot_band(ax, xs, stats, members[0].color)
         ax.set(title=layer_title(layer), xlabel="width_mult", ylabel="final mean best correlation", xscale="log")
         ax.set_xticks(widths, [str(w) for w in widths])
-    fig.suptitle(f"Over-parameterisation: final matching vs student width ({LAYER_NOTE}; {BAND_NOTE})", fontsize=9)
-    legend_groups = [Group(", ".join(p for p in first.label.split(", ") if not p.startswith("student.width_mult="))
-                           or "all runs", [], first.color) for first, _ in lines]
-    legend(fig, legend_groups)
+        ax.minorticks_off()
+    same_ylim(axes)
+    fig.suptitle("Final matching vs student width")
+    legend(fig, [Group(dict(rest), [], members[0].color) for rest, members in series.items()])
     return fig, None
 
 
@@ -154,7 +174,19 @@ def layer_panels(groups: list[Group], name: str, array: str):
     return fig, cells, [g for g in groups if any(g is gg for gg, _ in pairs)]
 
 
-def fig_fanout_nodes(groups: list[Group]):
+def teacher_block(run: RunFolder, layer: int) -> int:
+    """How many of ``layer``'s first student nodes started at the teacher's nodes (0 at default init)."""
+    ks = run.config_value("teacher.ks")
+    initialised = run.config_value("student.init", "default") != "default"
+    return ks[layer] if initialised and isinstance(ks, list) and layer < len(ks) else 0
+
+
+def sorted_blocks(fan: np.ndarray, block: int) -> np.ndarray:
+    """``fan`` ``[K]`` sorted descending within ``fan[:block]`` and within ``fan[block:]``."""
+    return np.concatenate([-np.sort(-fan[:block]), -np.sort(-fan[block:])])
+
+
+def fig_fanout_nodes(groups: list[Group], _spread: str):
     pairs, _ = array_runs(groups, "fanout", "fanout")
     if not pairs:
         return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
@@ -163,46 +195,55 @@ def fig_fanout_nodes(groups: list[Group]):
         shown.setdefault(g.label, (g, r))
     chosen = [(g, r, layer) for g, r in shown.values()
               for layer in keys.array_layers(last_arrays(r, "fanout"), "fanout")]
-    note = f" (first {MAX_PANELS} panels)" if len(chosen) > MAX_PANELS else ""
     chosen = chosen[:MAX_PANELS]
     n_layers = len({layer for _, _, layer in chosen})
     fig, axes = panels(len(chosen), max_cols=max(n_layers, 3) if n_layers < 5 else 4)
+    picks_shown, lowest, highest = [], np.inf, 0.0
     for ax, (g, r, layer) in zip(axes, chosen):
         epochs = r.array_epochs("fanout")
         picks = sorted({epochs[round(i * (len(epochs) - 1) / 3)] for i in range(4)})
-        fans = [np.maximum(r.arrays("fanout", e)[keys.array_key("fanout", layer)][0], 1e-12) for e in picks]
-        for j, (epoch, fan) in enumerate(zip(picks, fans)):
-            ax.plot(np.arange(len(fan)), fan, ".-", ms=3, lw=0.6,
-                    color=colormaps["viridis"](j / max(len(picks) - 1, 1)), label=f"epoch {epoch}")
-        ks = r.config_value("teacher.ks")
-        if r.config_value("student.init", "default") != "default" and isinstance(ks, list) and layer < len(ks):
-            ax.axvline(ks[layer] - 0.5, color="k", ls=":", lw=1, label="teacher-initialised | rest")
-        spread = max(f.max() for f in fans) / min(f.min() for f in fans)
-        ax.set(title=textwrap.fill(f"{g.label}: {layer_title(layer)}", 50), xlabel="student node index",
-               ylabel="fan-out norm", yscale="log" if spread > 30 else "linear")
-        ax.title.set_fontsize(7)
-        if layer == 0:              # the first panel of each run's row
+        picks_shown.append(picks)
+        block = teacher_block(r, layer)
+        for j, epoch in enumerate(picks):
+            fan = np.maximum(r.arrays("fanout", epoch)[keys.array_key("fanout", layer)][0], 1e-12)
+            lowest, highest = min(lowest, fan.min()), max(highest, fan.max())
+            ax.plot(np.arange(len(fan)), sorted_blocks(fan, block), "-", lw=1.2,
+                    color=colormaps["viridis"](0.85 * j / max(len(picks) - 1, 1)), label=f"epoch {epoch}")
+        if block:
+            ax.axvline(block - 0.5, color="k", ls=":", lw=1, label="teacher-initialised | rest")
+        ax.set(title=f"{g.label}\n{layer_title(layer)}", xlabel="student node (sorted)", ylabel="fan-out norm")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:             # log scale where the norms span more than 1.5 decades
+        ax.set_yscale("log" if highest / lowest > 30 else "linear")
+    same_ylim(axes)
+    if all(p == picks_shown[0] for p in picks_shown):   # one legend when every panel shows the same epochs
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), frameon=False)
+    else:
+        for ax in axes:
             ax.legend()
-    fig.suptitle(f"Fan-out norm per student node (student 0 of one run per group; {LAYER_NOTE}){note}", fontsize=9)
+    fig.suptitle("Fan-out norm per student node")
     return fig, None
 
 
-def fig_fanout_lshape(groups: list[Group]):
+def fig_fanout_lshape(groups: list[Group], _spread: str):
     fig, cells, shown = layer_panels(groups, "fanout", "best_corr")
     if fig is None:
         return None, "no best_corr_layer<l> in arrays/fanout_epochNNN.npz"
     for ax, layer, found in cells:
         for g, arrays in found:
             ax.scatter(arrays[keys.array_key("best_corr", layer)].ravel(),
-                       np.maximum(arrays[keys.array_key("fanout", layer)].ravel(), 1e-12), s=5, alpha=0.5, color=g.color, lw=0)
-        ax.set(title=layer_title(layer), xlabel="best correlation with any teacher node", ylabel="fan-out norm",
+                       np.maximum(arrays[keys.array_key("fanout", layer)].ravel(), 1e-12),
+                       s=6, alpha=0.6, color=g.color, lw=0)
+        ax.set(title=layer_title(layer), xlabel="best correlation with a teacher node", ylabel="fan-out norm",
                yscale="log", xlim=(-0.2, 1.02))
-    fig.suptitle(f"L-shape at the end of training: every student node of every run ({LAYER_NOTE})", fontsize=9)
+    same_ylim([ax for ax, _, _ in cells])
+    fig.suptitle("L-shape at the end of training")
     legend(fig, shown)
     return fig, None
 
 
-def fig_bn_bias(groups: list[Group]):
+def fig_bn_bias(groups: list[Group], _spread: str):
     fig, cells, shown = layer_panels(groups, "bn", "student_bias")
     if fig is None:
         return None, "no arrays/bn_epochNNN.npz files (no student with BatchNorm, or the BN callback was off)"
@@ -222,8 +263,7 @@ def fig_bn_bias(groups: list[Group]):
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.set(title=layer_title(layer), xlabel="BatchNorm bias", ylabel="count")
         ax.legend(fontsize=6)
-    fig.suptitle(f"Student BatchNorm biases at the end (all students of all runs; {LAYER_NOTE});\n"
-                 f"legend: share of biases <= 0 per group (colours below)", fontsize=9)
+    fig.suptitle("Student BatchNorm biases at the end")
     legend(fig, shown)
     return fig, None
 
@@ -236,7 +276,7 @@ def top_sorted(corr: np.ndarray, k: int = TOP_K) -> np.ndarray:
     return -np.sort(-np.nan_to_num(rows, nan=-1.0), axis=-1)[:, :k]
 
 
-def fig_sorted_corr(groups: list[Group]):
+def fig_sorted_corr(groups: list[Group], spread: str):
     pairs, layers = array_runs(groups, "match", "corr")
     if not pairs:
         return None, "no corr_layer<l> in arrays/match_epochNNN.npz (the full correlation matrices)"
@@ -251,17 +291,18 @@ def fig_sorted_corr(groups: list[Group]):
                     continue
                 width = min(c.shape[1] for c in curves)
                 stacked = np.concatenate([c[:, :width] for c in curves])
-                stats = np.stack([stacked.mean(0), stacked.min(0), stacked.max(0)], axis=1)
+                stats = np.array([band([column], spread)[:3] for column in stacked.T])
                 plot_band(ax, np.arange(1, width + 1), stats, g.color, style, marker=None)
         ax.set(title=layer_title(layer), xlabel="rank of the student node (1 = best)", ylabel="correlation")
-    fig.suptitle(f"Sorted correlations: each teacher node's top-{TOP_K} students, at initialisation and at the end\n"
-                 f"({LAYER_NOTE}; line: mean over teacher nodes, seeds and students; band: min-max)", fontsize=9)
+    same_ylim(axes)
+    integer_xticks(axes)
+    fig.suptitle(f"Each teacher node's top-{TOP_K} student correlations")
     legend(fig, [g for g in groups if any(g is gg for gg, _ in pairs)],
            [("--", "initialisation (epoch 0)"), ("-", "end of training")])
     return fig, None
 
 
-def fig_fanout_sorted(groups: list[Group]):
+def fig_fanout_sorted(groups: list[Group], _spread: str):
     pairs, _ = array_runs(groups, "fanout", "fanout")
     if not pairs:
         return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
@@ -271,20 +312,20 @@ def fig_fanout_sorted(groups: list[Group]):
         for layer in keys.array_layers(arrays, "fanout"):
             cells.setdefault((g.label, layer), (g, []))[1].extend(arrays[keys.array_key("fanout", layer)])
     chosen = list(cells.items())[:MAX_PANELS]
-    note = f" (first {MAX_PANELS} panels)" if len(cells) > MAX_PANELS else ""
     fig, axes = panels(len(chosen))
     for ax, ((label, layer), (g, fans)) in zip(axes, chosen):
         for fan in fans:
             ax.plot(np.arange(len(fan)), np.sort(np.maximum(fan, 1e-12))[::-1], ".-", ms=2, lw=0.6, color=g.color,
                     alpha=0.7)
-        ax.set(title=textwrap.fill(f"{label}: {layer_title(layer)}", 50), xlabel="student node, by fan-out (sorted)",
-               ylabel="fan-out norm", yscale="log")
-        ax.title.set_fontsize(7)
-    fig.suptitle(f"Final fan-out norms, sorted: one line per student ({LAYER_NOTE}){note}", fontsize=9)
+        ax.set(title=f"{label}\n{layer_title(layer)}", xlabel="student node (sorted)", ylabel="fan-out norm",
+               yscale="log")
+    same_ylim(axes)
+    integer_xticks(axes)
+    fig.suptitle("Final fan-out norms, sorted")
     return fig, None
 
 
-def fig_specialization(groups: list[Group], threshold: float = 0.95):
+def fig_specialization(groups: list[Group], _spread: str, threshold: float = 0.95):
     fig, cells, shown = layer_panels(groups, "match", "best")
     if fig is None:
         return None, "no best_layer<l> in arrays/match_epochNNN.npz"
@@ -294,21 +335,42 @@ def fig_specialization(groups: list[Group], threshold: float = 0.95):
             if best:
                 rate = recovery_rate(torch.as_tensor(np.concatenate(best)), threshold).numpy()
                 ax.plot(np.arange(len(rate)), rate, "o-", ms=3, color=g.color)
-        ax.set(title=layer_title(layer), xlabel="teacher node index (strength rank under strength decay)",
-               ylabel=f"share of students with best corr > {threshold}", ylim=(-0.03, 1.03))
-    fig.suptitle(f"Specialization: teacher nodes recovered, over all students of a group ({LAYER_NOTE})", fontsize=9)
+        ax.set(title=layer_title(layer), xlabel="teacher node", ylabel=f"share of students, best corr > {threshold}",
+               ylim=(-0.03, 1.03))
+    integer_xticks([ax for ax, _, _ in cells])
+    fig.suptitle("Teacher nodes recovered")
     legend(fig, shown)
     return fig, None
 
 
+# name: (caption in report.md, with {band} and {layers} filled in; the figure function)
 FIGURES: dict[str, tuple[str, Callable]] = {
-    "curves": ("mean best correlation per layer and eval loss vs epoch", fig_curves),
-    "luck": ("luck: top-% rank of the final winner vs baseline epoch", fig_luck),
-    "width": ("final mean best correlation vs width_mult", fig_width),
-    "fanout_nodes": ("fan-out norm vs student node index at several epochs", fig_fanout_nodes),
-    "fanout_lshape": ("L-shape: best correlation vs fan-out norm at the end", fig_fanout_lshape),
-    "bn_bias": ("BatchNorm bias histograms with the share <= 0", fig_bn_bias),
-    "sorted_corr": ("sorted top-20 correlations per teacher node, init vs end", fig_sorted_corr),
-    "fanout_sorted": ("final fan-out norms per student, sorted", fig_fanout_sorted),
-    "specialization": ("share of students recovering each teacher node (corr > 0.95)", fig_specialization),
+    "curves": ("Mean best correlation of each teacher node with any student node, per hidden layer, and the "
+               "eval loss, vs epoch (0 = initialisation). Line: mean over the runs of a group and their "
+               "students; band: {band}. {layers}.", fig_curves),
+    "luck": ("Luck: for each teacher node, the top-% rank that its final best student held in the ordering "
+             "by correlation at baseline epoch b (0 = initialisation); lower = the winner was already ahead. "
+             "Solid: mean over teacher nodes, dashed: median; band: {band} over runs and students. {layers}.",
+             fig_luck),
+    "width": ("Over-parameterisation: final mean best correlation per layer vs student width_mult; groups "
+              "that differ only in width_mult form one line. Band: {band} over runs and students. {layers}.",
+              fig_width),
+    "fanout_nodes": ("Fan-out norm of every student node of student 0 of one run per group (at most "
+                     f"{MAX_PANELS} panels), at four "
+                     "epochs, sorted in descending order (with teacher-initialised students: within the "
+                     "teacher-initialised block, left of the dotted line, and within the rest). {layers}.",
+                     fig_fanout_nodes),
+    "fanout_lshape": ("L-shape: every student node of every completed run at the end of training, its best "
+                      "correlation with a teacher node against its fan-out norm. {layers}.", fig_fanout_lshape),
+    "bn_bias": ("Histograms of the student BatchNorm biases at the end (all students of all runs), per group, "
+                "with the share <= 0 in each panel's legend (the teacher's: dashed). {layers}.", fig_bn_bias),
+    "sorted_corr": (f"Each teacher node's top-{TOP_K} student correlations, sorted, at initialisation (dashed) "
+                    "and at the end (solid). Line: mean over teacher nodes, runs and students; band: {band}. "
+                    "{layers}.", fig_sorted_corr),
+    "fanout_sorted": (f"Final fan-out norms of every student node, sorted in descending order: one line per "
+                      f"student of every completed run of a group (at most {MAX_PANELS} panels). "
+                      "{layers}.", fig_fanout_sorted),
+    "specialization": ("Specialization: for each teacher node, in index order (the strength rank under strength "
+                       "decay), the share of all students of a group whose best correlation with it exceeds 0.95 "
+                       "at the end. {layers}.", fig_specialization),
 }

@@ -1,5 +1,5 @@
 """The report's ``report.md``: final values per group, the analyses' end-of-run values, who wins
-among teacher-initialised students, runs left out, figures written and skipped."""
+among teacher-initialised students, runs left out, figures written (with their captions) and skipped."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from tsdyn import keys
-from tsdyn.report.aggregate import (LAYER_NOTE, Group, band, final_band, layers_of, specialization_rows,
+from tsdyn.report.aggregate import (BANDS, LAYER_NOTE, Group, band, final_band, layers_of, specialization_rows,
                                     teacher_block_fanout, teacher_block_wins)
+from tsdyn.report.figures import FIGURES
 
 
 def fmt(x: float) -> str:
@@ -30,7 +31,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped: dict[str, str]) -> str:
+def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dict[str, str], spread: str) -> str:
     runs = [r for g in groups for r in g.runs]
     statuses: dict[str, int] = {}
     for r in runs:
@@ -97,7 +98,8 @@ def markdown(folder: Path, groups: list[Group], written: dict[str, str], skipped
                                                         if "diverged_at_step" in r.summary else "")).replace("|", "/")]
                         for r in bad])
     lines += ["", "## Figures", ""]
-    lines += [f"- `{name}.png` / `{name}.pdf`: {text}" for name, text in written.items()]
+    lines += [f"- `{name}.png` / `{name}.pdf`: "
+              + FIGURES[name][0].format(band=BANDS[spread], layers=LAYER_NOTE.capitalize()) for name in written]
     if skipped:
         lines += ["", "## Skipped figures", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in skipped.items()]

@@ -160,7 +160,8 @@ def find_runs(folder: str | Path) -> list[RunFolder]:
     return [RunFolder.load(p) for p in sorted(found, key=order)]
 
 
-def newest_multirun(root: str | Path = "outputs/multiruns") -> Path | None:
-    """The newest multirun folder ``<root>/<date>/<time>`` (names sort by time), or None."""
-    candidates = [p for p in Path(root).glob("*/*") if p.is_dir()]
+def newest_output(root: str | Path = "outputs") -> Path | None:
+    """The newest run or multirun folder, ``<root>/runs/<date>/<time>`` or
+    ``<root>/multiruns/<date>/<time>`` (both named by their start time), or None."""
+    candidates = [p for kind in ("runs", "multiruns") for p in (Path(root) / kind).glob("*/*") if p.is_dir()]
     return max(candidates, key=lambda p: (p.parent.name, p.name)) if candidates else None
