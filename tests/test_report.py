@@ -217,6 +217,7 @@ def test_fanout_figure_sorts_each_block(synthetic):
     assert sorted(axes[3].lines[-2].get_ydata()) == pytest.approx(sorted(fan))
 
 
+@pytest.mark.slow  # writes a whole report / runs the command in a subprocess
 def test_report_files_are_200_dpi_png_and_pdf(synthetic):
     folder, _ = synthetic
     out = write_report(folder, spread="minmax").parent
@@ -256,6 +257,7 @@ def section_rows(md: str, section: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")][1:]
 
 
+@pytest.mark.slow  # writes a whole report / runs the command in a subprocess
 def test_specialization_and_teacher_block_fanout_tables(synthetic):
     """Recomputed with numpy from the saved arrays of the completed runs (run 4 diverged)."""
     folder, _ = synthetic
