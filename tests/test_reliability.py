@@ -229,6 +229,24 @@ def test_wandb_failing_to_start_leaves_the_run_to_local_metrics(small_cfg, monke
     assert not list(Path(cfg.run_dir).glob("wandb/*run-*"))
 
 
+def test_frozen_module_frames_are_found_without_rescanning_sys_modules(monkeypatch):
+    """What keeps ``wandb.init`` from rescanning ``sys.modules`` for every frame of an import
+    (tsdyn.loggers.map_frozen_modules): a frame of frozen ``importlib._bootstrap`` has no file
+    that ``inspect`` maps to a module (``getmodule`` finds None) until it is mapped."""
+    import importlib._bootstrap as bootstrap
+    import inspect
+
+    from tsdyn.loggers import map_frozen_modules
+
+    frame = bootstrap._call_with_frames_removed(lambda: sys._getframe(1))
+    assert frame.f_code.co_filename == "<frozen importlib._bootstrap>"
+    path = inspect.getabsfile(frame)
+    monkeypatch.setattr(inspect, "modulesbyfile", {f: m for f, m in inspect.modulesbyfile.items() if f != path})
+    assert inspect.getmodule(frame) is None
+    map_frozen_modules()
+    assert inspect.getmodule(frame) is bootstrap
+
+
 def test_wandb_online_without_login_and_unwritable_home_never_blocks(tmp_path):
     home = tmp_path / "home"
     home.write_text("")  # HOME is a file: nothing can be written under it

@@ -348,12 +348,12 @@ class Sparsity(Analysis):
     def measure(self, pl_module, epoch: int) -> Result:
         snap, values, arrays = pl_module.snapshot(epoch), {}, {}
         for layer, (t, s) in enumerate(zip(snap.teacher_hidden, snap.student_hidden)):
-            teacher, student = as_samples(t)[None], as_samples(s)           # [1, N, K_t], [E, N, K_s]
-            values.update({keys.layer_key("sparsity", layer, "active_mean", "teacher"): active_share(teacher).mean(-1),
-                           keys.layer_key("sparsity", layer, "active_mean", "student"): active_share(student).mean(-1),
-                           keys.layer_key("sparsity", layer, "coactive_mean", "teacher"): coactive_share(teacher)})
-            arrays.update({keys.array_key("teacher_active", layer): active_share(teacher),
-                           keys.array_key("student_active", layer): active_share(student)})
+            teacher = as_samples(t)[None]                                   # [1, N, K_t]
+            active = {"teacher": active_share(teacher), "student": active_share(as_samples(s))}  # [1|E, K]
+            values.update({keys.layer_key("sparsity", layer, "active_mean", role): share.mean(-1)
+                           for role, share in active.items()})
+            values[keys.layer_key("sparsity", layer, "coactive_mean", "teacher")] = coactive_share(teacher)
+            arrays.update({keys.array_key(f"{role}_active", layer): share for role, share in active.items()})
         return Result(values, arrays)
 
 

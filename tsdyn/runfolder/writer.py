@@ -3,7 +3,7 @@ per-epoch arrays and the summary. Keys are the same everywhere (e.g. ``match/lay
 
 Every row reaches every logger through Lightning's logger API (``Logger.log_metrics``) at the
 optimizer step, with its ``epoch`` attached, as Lightning's own logging does; an epoch's values
-(ensemble means) also go through ``LightningModule.log`` into ``trainer.callback_metrics``, where
+(ensemble means) also go into ``trainer.callback_metrics`` (as ``LightningModule.log`` would put them), where
 ``EarlyStopping`` and ``ModelCheckpoint(monitor=...)`` find them. In W&B a per-epoch key is plotted
 against ``epoch`` (``define_metric``), the training loss against the step.
 """
@@ -85,8 +85,8 @@ class Recorder:
         """One row: appended to the metrics file and sent to every logger with ``epoch`` attached,
         at ``step`` (default ``trainer.global_step``). An epoch's row (no ``step`` given) is plotted
         against the epoch in W&B, and with ``monitor`` its ensemble means (keys without a
-        per-student suffix) go to ``trainer.callback_metrics`` through ``LightningModule.log``:
-        ``monitor`` must be False in hooks where Lightning refuses ``log`` (``on_train_end``)."""
+        per-student suffix) go to ``trainer.callback_metrics`` (as 0-d tensors, as ``LightningModule.log``
+        leaves them; the end-of-run rows pass ``monitor=False``)."""
         per_epoch = step is None
         if step is None:
             step = int(trainer.global_step) if trainer is not None else 0
@@ -101,11 +101,9 @@ class Recorder:
             if per_epoch and isinstance(logger, WandbLogger):
                 self._epoch_x_axis(logger, metrics)
             logger.log_metrics({**metrics, "epoch": epoch}, step=step)
-        if per_epoch and monitor and trainer.lightning_module is not None:
-            module = trainer.lightning_module
-            for key, value in metrics.items():
-                if keys.base_key(key) == key:
-                    module.log(key, float(value), on_step=False, on_epoch=True, logger=False)
+        if per_epoch and monitor:  # the dict Lightning's monitors read; LightningModule.log costs ~1 ms a key
+            trainer.callback_metrics.update({key: torch.tensor(float(value), dtype=torch.get_default_dtype())
+                                             for key, value in metrics.items() if keys.base_key(key) == key})
 
     def _epoch_x_axis(self, logger: WandbLogger, metrics: Mapping[str, float]) -> None:
         """W&B: plot the per-epoch keys of ``metrics`` against ``epoch`` (declared once per key)."""
