@@ -190,7 +190,9 @@ class Run:
 
     @cached_property
     def teacher(self) -> EnsembleNet:
-        """The frozen teacher (one member, eval mode), its weights and BatchNorm state from the checkpoint."""
+        """The frozen teacher (one member, eval mode), its weights and BatchNorm state from the
+        checkpoint; built as the run built it (:func:`tsdyn.build.build_teacher`: ``teacher=pretrained``
+        needs its teacher file still in place)."""
         return self._net(build_teacher(self.config, self.data), "teacher.")
 
     @cached_property
