@@ -22,10 +22,10 @@ from tsdyn.config import exit_on_config_error, validate
 from tsdyn.console import next_steps, print_match_table
 from tsdyn.module import Diverged, Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
-from tsdyn.resume import StopOnSignal, resumed_config
+from tsdyn.resume import StopOnSignal, extend_run_folder, resumed_config
 from tsdyn.runfolder.lock import RunLock
 from tsdyn.runfolder.paths import last_checkpoint
-from tsdyn.runfolder.state import continue_in
+from tsdyn.runfolder.state import continue_in, wall_time_parts
 from tsdyn.slurm import set_threads
 
 log = logging.getLogger("tsdyn")
@@ -45,13 +45,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train one run, or with ``resume`` continue it from ``checkpoints/last.ckpt`` (from the start
-    if it stopped before its first checkpoint). Always writes ``summary.json``, status
+    if it stopped before its first checkpoint), to ``cfg.epochs`` (more than it had: the run is
+    extended). Always writes ``summary.json`` (``wall_time_s``: the sum of ``wall_time_s_parts``,
+    one per part of a resumed run), status
     ``completed``, ``diverged`` (``diverged_at_step``: where the non-finite loss was seen),
     ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
     ``failed`` (the error is re-raised, or training ended without the trainer finishing). A folder
     another live process is writing is refused (:class:`~tsdyn.runfolder.lock.RunLock`)."""
     set_threads(cfg.get("threads"))
     with RunLock(run_dir):
+        if resume:
+            extend_run_folder(run_dir, cfg.epochs)
         return _run(cfg, run_dir, resume)
 
 
@@ -59,8 +63,9 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
     module, trainer = build(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None and not ckpt.exists():
-        module.recorder.rewind(0)
+        module.recorder.rewind(0, [])
         ckpt = None
+    parts = wall_time_parts(run_dir) if ckpt is not None else []  # the parts before this one
     summary = {"status": "failed", "run_dir": str(run_dir)}
     start = time.perf_counter()
     with StopOnSignal(module):
@@ -82,8 +87,9 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
             summary["error"] = f"{type(err).__name__}: {err}"
             raise
         finally:
-            summary.update(epochs=trainer.current_epoch, steps=trainer.global_step,
-                           wall_time_s=round(time.perf_counter() - start, 2), final=module.recorder.last)
+            parts.append(round(time.perf_counter() - start, 2))
+            summary.update(epochs=trainer.current_epoch, steps=trainer.global_step, wall_time_s=round(sum(parts), 2),
+                           wall_time_s_parts=parts, final=module.recorder.last)
             module.recorder.write_summary(trainer, summary)
             ok = summary["status"] == "completed"
             for lg in trainer.loggers:
