@@ -8,6 +8,9 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from omegaconf import OmegaConf
+
+from tsdyn import cli
 from tsdyn.cli import check_command_line
 from tsdyn.config import ANALYSIS_RULES, CALLBACK_RULES
 from tsdyn.train import check_run
@@ -53,7 +56,7 @@ def test_bad_command_line_is_one_line_exit_2(argv, says, capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    [], ["--help"], ["-sc", "install=bash"], ["--cfg", "job", "student.width_mult=5"],
+    [], ["--hydra-help"], ["-sc", "install=bash"], ["--cfg", "job", "student.width_mult=5"],
     ["+trainer.max_steps=5", "+trainer.gradient_clip_val=1.0"],
     ["+callbacks.best._target_=pytorch_lightning.callbacks.ModelCheckpoint", "+callbacks.best.mode=max"],
     ["+callbacks.signal={_target_: tests.test_reliability.SignalAt, epoch: 1}"],
@@ -65,6 +68,30 @@ def test_bad_command_line_is_one_line_exit_2(argv, says, capsys):
 def test_valid_command_lines_pass(argv, capsys):
     check_command_line("train", argv, check=check_run)
     assert capsys.readouterr().err == ""
+
+
+def test_help_is_the_template_as_hydra_renders_it(capsys):
+    with pytest.raises(SystemExit) as stop:
+        check_command_line("train", ["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tsdyn-train (python -m tsdyn.train): train students")   # ${hydra.help.header}
+    assert "\nGROUPS (group=option; main keys)\n" in out and "\nEXAMPLES\n" in out
+    assert 'eval "$(tsdyn-train -sc install=bash)"' in out                           # "$$" is one "$"
+    cfg = cli.compose_checked("train", [])
+    cfg.hydra.help.template = "groups: $APP_CONFIG_GROUPS"        # a field Hydra computes: Hydra answers
+    assert cli.help_text(cfg) is None
+
+
+def test_a_sweeps_jobs_composed_once_per_group_combination_equal_hydras_own():
+    from tsdyn.sweeps import sweep_jobs
+    jobs = sweep_jobs(["sweep=batchnorm", "teacher=deep_random,follow_up", "+trainer.max_steps=5"])
+    assert len(jobs) == 24
+    bases = {}
+    for job in jobs:
+        fast, own = cli.compose_checked("train", job, bases=bases), cli.compose_checked("train", job)
+        assert OmegaConf.to_container(cli.without_hydra(fast)) == OmegaConf.to_container(cli.without_hydra(own))
+    assert len(bases) == 2
 
 
 def test_a_multirun_leaves_values_to_its_jobs(capsys):

@@ -9,17 +9,22 @@ to compose the config, before torch loads, and refuses a bad one in one line (ex
 - a bad value of a single run (``check``: :func:`tsdyn.config.check_values` for ``tsdyn.train``);
   the jobs of a multirun check theirs when they start (one bad job does not end the others).
 
-Then Hydra runs the command as before (``-m``, ``--help``, ``--cfg``, ``-sc``, launchers).
+Then Hydra runs the command as before (``-m``, ``--cfg``, ``-sc``, launchers). ``--help`` is
+answered here when the help template (conf/hydra/help/) uses nothing Hydra computes for it (its
+list of flags or groups, the config): the same text, without Hydra's scan of every config group.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import re
+import string
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -50,6 +55,12 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None,
     with one line, exit status 2. Help, completion and a command that picks another config
     (``--config-name`` ...) are Hydra's alone."""
     args = get_args_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.help and not (args.hydra_help or args.config_path or args.config_name or args.config_dir):
+        with exit_on_config_error():
+            text = help_text(compose_checked(config_name, args.overrides))
+        if text is not None:
+            print(text)
+            sys.exit(0)
     if (args.help or args.hydra_help or args.shell_completion or args.info or args.experimental_rerun
             or args.config_path or args.config_name or args.config_dir):
         return
@@ -57,6 +68,15 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None,
         configs = compose_jobs(config_name, args.overrides, args.multirun)
         if check is not None and not args.cfg and not (args.multirun or is_multirun(configs[0])):
             check(without_hydra(configs[0]))
+
+
+def help_text(cfg: DictConfig) -> str | None:
+    """``--help``'s text from the composed ``cfg``'s ``hydra.help.template``, as Hydra makes it, or
+    None when the template uses a field Hydra computes ($FLAGS_HELP, $APP_CONFIG_GROUPS ...)."""
+    template = string.Template(str(OmegaConf.select(cfg, "hydra.help.template")))
+    if any(m["named"] or m["braced"] for m in template.pattern.finditer(template.template)):
+        return None
+    return template.substitute()
 
 
 def is_multirun(cfg: DictConfig) -> bool:
@@ -122,11 +142,15 @@ def parse(overrides: Sequence[str]) -> list[Override]:
         raise
 
 
-def compose_checked(config_name: str, overrides: Sequence[str], config_dir: str = CONF) -> DictConfig:
+def compose_checked(config_name: str, overrides: Sequence[str], config_dir: str = CONF,
+                    bases: dict | None = None) -> DictConfig:
     """``config_name`` composed with ``overrides`` (its hydra node included), each ``+key`` checked
-    (:func:`check_additions`); Hydra's composition errors as one :class:`ConfigError` line."""
+    (:func:`check_additions`); Hydra's composition errors as one :class:`ConfigError` line. With
+    ``bases`` (a dict kept over calls: the jobs of a sweep) the configs composed with the group
+    options only are kept there and each call applies its value overrides to a copy, as Hydra
+    applies them after composing: a sweep's jobs in one composition per group combination."""
     try:
-        cfg = _compose(config_name, overrides, config_dir)
+        cfg = _compose(config_name, overrides, config_dir, bases)
     except MissingConfigException as err:
         raise ConfigError(unknown_option(err, config_dir)) from None
     except (HydraException, OmegaConfBaseException) as err:
@@ -149,9 +173,18 @@ def compose_checked(config_name: str, overrides: Sequence[str], config_dir: str 
     return cfg
 
 
-def _compose(config_name: str, overrides: Sequence[str], config_dir: str) -> DictConfig:
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+def _compose(config_name: str, overrides: Sequence[str], config_dir: str, bases: dict | None = None) -> DictConfig:
+    if bases is None:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    groups = set(group_names(config_dir))
+    parsed = parse(overrides)
+    chosen = tuple(o.input_line for o in parsed if o.key_or_group in groups or "/" in o.key_or_group)
+    if chosen not in bases:
+        bases[chosen] = _compose(config_name, chosen, config_dir)
+    cfg = copy.deepcopy(bases[chosen])
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.input_line not in chosen], cfg)
+    return cfg
 
 
 def check_additions(cfg: DictConfig, overrides: Sequence[Override]) -> None:

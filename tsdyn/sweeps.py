@@ -30,7 +30,8 @@ def sweep_jobs(overrides: list[str], config_dir: str = CONF) -> list[list[str]]:
 def job_configs(jobs: list[list[str]], config_dir: str = CONF) -> list[DictConfig]:
     """The composed config of each job as the job will see it, but without the hydra node: its
     ``run_dir`` (Hydra's output folder, known only once the job runs) reads ``<job N>``."""
-    return [cli.without_hydra(cli.compose_checked("train", job, config_dir), f"<job {num}>")
+    bases: dict = {}
+    return [cli.without_hydra(cli.compose_checked("train", job, config_dir, bases), f"<job {num}>")
             for num, job in enumerate(jobs)]
 
 
