@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE WANDB_MODE=offline WANDB_SILENT=true
 ARGS ?=
 
-.PHONY: setup train test test-fast bench clean data report slurm-up slurm-down
+.PHONY: setup train test test-fast bench clean data report notebook slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -49,6 +49,13 @@ $(FMNIST_RAW)/t10k-labels-idx1-ubyte:
 RUN ?=
 report: $(STAMP)
 	$(PY) -m tsdyn.report $(RUN)
+
+# the example notebook, executed in place (outputs saved) with the venv's kernel against TSDYN_RUN
+# (default: the newest run under outputs/runs): make notebook TSDYN_RUN=outputs/runs/<date>/<time>
+NOTEBOOK ?= docs/examples/main_job.ipynb
+notebook: $(STAMP)
+	$(TEST_ENV) $(PY) -c "import nbformat, nbclient; nb = nbformat.read('$(NOTEBOOK)', as_version=4); \
+	nbclient.NotebookClient(nb, kernel_name='python3', timeout=600).execute(); nbformat.write(nb, '$(NOTEBOOK)')"
 
 # a private one-node SLURM cluster on this machine (root; installs Debian's slurmctld, slurmd,
 # slurm-client and munge if missing), to try hydra/launcher=slurm: then `export SLURM_CONF=$(SLURM_DIR)/slurm.conf`

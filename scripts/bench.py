@@ -12,6 +12,8 @@ reported as same-run ratios (absolute speeds vary with the machine and its load)
   (f) fused    tsdyn's fused step, uncompiled (``step=fused``)
   (g) compiled tsdyn's fused step compiled (``step=compiled``), one step per call or ``k`` (``fused_chunk=k``)
   (h) compiled E=k  the compiled fused step with k students at once
+  (i) matmuls E=k   the matrix products of a step of k students and nothing else: the ceiling
+                    any step of these shapes can reach (interleaved table only)
 
 (c) and (e) take the autograd step (``step=autograd``). Compilation happens in the warm-up epoch;
 its time is reported beside the table (inductor caches it on disk: a second run pays less).
@@ -227,6 +229,8 @@ def step_burst(variant: str, teacher, width_mult: int, x, y, members: int = 1, c
                 err.backward()
                 opt.step()
         return burst
+    if variant == "matmuls":
+        return matmul_burst([teacher.d, *[k * width_mult for k in teacher.ks], teacher.d_out], members)
     student = make_student(teacher, width_mult, members)
     opt = torch.optim.SGD(student.parameters(), lr=0.05)
     loss_sum = torch.zeros(members)
@@ -254,6 +258,26 @@ def step_burst(variant: str, teacher, width_mult: int, x, y, members: int = 1, c
     return burst
 
 
+def matmul_burst(sizes: list[int], members: int):
+    """``burst(n)``: the matrix products of ``n`` student steps and nothing else (per layer the
+    forward product, the input gradient and the weight gradient, as batched products of
+    ``members`` students into preallocated outputs): the ceiling a step of these shapes can reach."""
+    g = torch.Generator().manual_seed(0)
+    acts = [torch.randn(members, BS, n, generator=g) for n in sizes]
+    weights = [torch.randn(members, o, i, generator=g) for i, o in zip(sizes[:-1], sizes[1:])]
+    grads = [torch.empty_like(w) for w in weights]
+    outs = [torch.empty_like(a) for a in acts]
+
+    def burst(n):
+        for _ in range(n):
+            for l, w in enumerate(weights):
+                torch.bmm(acts[l], w.transpose(1, 2), out=outs[l + 1])          # forward
+            for l, w in enumerate(weights):
+                torch.bmm(acts[l + 1], w, out=outs[l])                          # input gradient
+                torch.bmm(acts[l + 1].transpose(1, 2), acts[l], out=grads[l])   # weight gradient
+    return burst
+
+
 INTERLEAVED = [("plain", 1, 1), ("authors", 1, 1), ("autograd", 1, 1), ("fused", 1, 1), ("compiled", 1, 1)]
 
 
@@ -276,7 +300,7 @@ def interleaved_lines(args, gemm: float) -> list[str]:
         flops = step_flops(teacher.d, [k * wm for k in teacher.ks], teacher.d_out)
         ens = [int(pair.split(":")[1]) for pair in args.compiled_ensembles if int(pair.split(":")[0]) == wm]
         specs = [*INTERLEAVED, *[("compiled", 1, k) for k in args.chunks],
-                 *[(v, e, 1) for e in ens for v in ("autograd", "compiled")]]
+                 *[(v, e, 1) for e in ens for v in ("autograd", "compiled", "matmuls")]]
         bursts = [step_burst(v, teacher, wm, x, y, e, k) for v, e, k in specs]
         times = [[] for _ in specs]
         for _ in range(args.rounds + 1):

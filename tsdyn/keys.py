@@ -16,6 +16,8 @@ _LAYER_KEY = re.compile(r"(?P<section>[^/]+)/(?:(?P<group>.+)/)?layer(?P<layer>\
 _MEMBER = re.compile(r"/(s\d+|min|max)$")
 _ARRAY = re.compile(r"(?P<name>.+)_layer(?P<layer>\d+)")
 STATS = ("min", "max")
+TRAIN_LOSS = "loss/train"   # the one key logged per optimizer step (tagged with the epoch under way)
+STEP_KEYS = (TRAIN_LOSS,)   # every other key is logged once per epoch (0 = initialisation) or at the end
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from tsdyn import keys
 from tsdyn.data import GaussianData
 from tsdyn.errors import Interrupted
 from tsdyn.fused import FusedSGD, choose_path
@@ -47,9 +48,9 @@ def _advance_step_counter(trainer: pl.Trainer, n: int) -> None:
 def lr_at(epoch: int, base_lr: float, schedule: Mapping[int, float]) -> float:
     """Learning rate for 0-based ``epoch``: the value of the largest schedule key <= epoch, else
     ``base_lr``. ``schedule`` maps epoch -> lr, e.g. ``{20: 0.01, 30: 0.001}``."""
-    keys = sorted(int(k) for k in schedule)
-    i = bisect.bisect_right(keys, epoch)
-    return float(schedule[keys[i - 1]]) if i else float(base_lr)
+    starts = sorted(int(k) for k in schedule)
+    i = bisect.bisect_right(starts, epoch)
+    return float(schedule[starts[i - 1]]) if i else float(base_lr)
 
 
 @torch.no_grad()
@@ -263,7 +264,7 @@ class TeacherStudent(pl.LightningModule):
         loss = (self._loss_sum / (step - self._flushed_at)).cpu()
         self._loss_sum.zero_()
         self._flushed_at = step
-        self.recorder.log_members(self.trainer, {"loss/train": loss}, epoch=self.current_epoch, step=step)
+        self.recorder.log_members(self.trainer, {keys.TRAIN_LOSS: loss}, epoch=self.current_epoch, step=step)
         if not torch.isfinite(loss).all():
             raise Diverged(step)
         return loss

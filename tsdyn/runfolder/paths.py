@@ -40,6 +40,12 @@ def array_epochs(run_dir: str | Path, name: str) -> list[int]:
                   if (m := pattern.fullmatch(f.name)))
 
 
+def array_names(run_dir: str | Path) -> list[str]:
+    """The analyses with an :func:`arrays_file` (``<name>`` of ``arrays/<name>_epochNNN.npz``), sorted."""
+    return sorted({m.group(1) for f in (Path(run_dir) / ARRAYS).glob("*_epoch*.npz")
+                   if (m := re.fullmatch(r"(.+)_epoch\d+\.npz", f.name))})
+
+
 def is_run_folder(folder: str | Path) -> bool:
     """A folder holding a run's config or its summary."""
     return (Path(folder) / HYDRA).is_dir() or (Path(folder) / SUMMARY).exists()
