@@ -16,7 +16,7 @@ from tsdyn.config import ANALYSIS_RULES, CALLBACK_RULES
 from tsdyn.train import check_run
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "wandb", "matplotlib", "scipy", "torchvision")
+HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "wandb", "matplotlib", "scipy", "torchvision", "pandas")
 
 REFUSED = [  # (command line, what the one line must say)
     (["student.widht_mult=5"], "student.widht_mult is not a key of the config; did you mean student.width_mult?"),
