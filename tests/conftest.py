@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -33,15 +38,37 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig
     return cfg
 
 
-def wandb_offline_log(run_dir: Path, until: bytes = b'"completed"', timeout: float = 60) -> bytes:
+def wandb_offline_log(run_dir: Path, until: bytes = b'"completed"', timeout: float = 60,
+                      part: int | None = None) -> bytes:
     """The bytes of a run's one W&B offline run (wandb 0.31 keeps it as one protobuf transaction log,
-    read by `wandb sync`; string fields are stored verbatim). Its service process may still be
-    flushing when finish() returns: wait until ``until`` (the summary's status) is in it."""
-    (log,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
+    read by `wandb sync`; string fields are stored verbatim), or with ``part`` those of one part of a
+    resumed run (each part is an offline run of its own, ``offline-run-<start time>-<id>``; in order
+    of start). Its service process may still be flushing when finish() returns: wait until
+    ``until`` (the summary's status) is in it."""
+    logs = sorted((Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
+    (log,) = logs if part is None else [logs[part]]
     deadline = time.monotonic() + timeout
     while until not in (data := log.read_bytes()) and time.monotonic() < deadline:
         time.sleep(0.5)
     return data
+
+
+@contextmanager
+def locked_by_another_process(folder: Path) -> Iterator[int]:
+    """Within ``with``: another live process holds ``folder``'s run lock; yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from tsdyn.runfolder.lock import RunLock
+        with RunLock({str(folder)!r}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 @pytest.fixture

@@ -199,13 +199,13 @@ def test_run_folder_rules(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"^resume='.*' is not allowed: expected a run folder"):
         check_resumable(tmp_path / "new")
-    with pytest.raises(ConfigError, match=r"^resume='.*done' is not allowed: expected an unfinished run \(this one is completed\)"):
+    with pytest.raises(ConfigError, match=r"^resume='.*done' is not allowed: expected an unfinished run \(this one is completed; to extend"):
         check_resumable(done)
 
-    composed = compose_cfg(["threads=2", "optimizer.lr=0.5", "epochs=9"], tmp_path / "other")
+    composed = compose_cfg(["threads=2", "optimizer.lr=0.5", "data.seed=9"], tmp_path / "other")
     cfg = resumed_config(killed, composed, [f"resume={killed}", "threads=2"])
-    assert (cfg.threads, cfg.optimizer.lr, cfg.epochs, cfg.run_dir) == (2, 0.05, 3, str(killed))
-    for override, named in [("optimizer.lr=0.5", "optimizer.lr=0.5"), ("epochs=9", "epochs=9")]:
+    assert (cfg.threads, cfg.optimizer.lr, cfg.data.seed, cfg.run_dir) == (2, 0.05, 2, str(killed))
+    for override, named in [("optimizer.lr=0.5", "optimizer.lr=0.5"), ("data.seed=9", "data.seed=9")]:
         with pytest.raises(ConfigError, match=rf"^{named} is not allowed: expected no override with resume="):
             resumed_config(killed, composed, [f"resume={killed}", override])
 

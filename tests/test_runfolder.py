@@ -2,14 +2,12 @@
 state checks and the lock against a second live process."""
 import json
 import math
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import locked_by_another_process
 from tsdyn.config import ConfigError
 from tsdyn.runfolder import paths
 from tsdyn.runfolder.lock import RunLock
@@ -47,16 +45,22 @@ def test_written_rows_arrays_and_summary_read_back(tmp_path):
     assert paths.arrays_file(tmp_path, "match", 1).name == "match_epoch001.npz"
 
 
-def test_rewind_cuts_the_metrics_file_back_and_reloads_last(tmp_path):
+def test_rewind_cuts_the_metrics_file_and_the_arrays_back_and_reloads_last(tmp_path):
     rec = Recorder(tmp_path)
     rec.log(None, {"x": 1.0}, epoch=0)
-    kept = rec.metrics_bytes()
+    rec.save_arrays("match", 0, {"best": np.zeros(2)})
+    kept, arrays = rec.metrics_bytes(), rec.arrays_files()
     rec.log(None, {"x": 2.0, "y": 5.0}, epoch=1)
+    rec.save_arrays("match", 1, {"best": np.ones(2)})
     with open(tmp_path / paths.METRICS, "a") as f:
         f.write('{"torn": ')                               # a crash in the middle of a row
     resumed = Recorder(tmp_path)
-    resumed.rewind(kept)
+    resumed.rewind(kept, arrays)
     assert read_metrics(tmp_path) == [{"step": 0, "epoch": 0, "x": 1.0}] and resumed.last == {"x": 1.0}
+    assert arrays == ["match_epoch000.npz"] and resumed.arrays_files() == arrays
+    resumed.save_arrays("match", 1, {"best": np.ones(2)})
+    resumed.rewind(kept)                                     # a checkpoint that predates the list: all kept
+    assert resumed.arrays_files() == ["match_epoch000.npz", "match_epoch001.npz"]
 
 
 def test_state_of_a_folder(tmp_path):
@@ -70,25 +74,14 @@ def test_state_of_a_folder(tmp_path):
     (tmp_path / ".hydra" / "config.yaml").write_text("{}\n")
     check_resumable(tmp_path)                                 # no summary: unfinished
     (tmp_path / paths.SUMMARY).write_text(json.dumps({"status": "completed"}))
-    with pytest.raises(ConfigError, match="an unfinished run \\(this one is completed\\)"):
+    with pytest.raises(ConfigError, match="an unfinished run \\(this one is completed; to extend it"):
         check_resumable(tmp_path)
 
 
 def test_lock_refuses_a_folder_another_live_process_writes(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from tsdyn.runfolder.lock import RunLock
-        with RunLock({str(tmp_path)!r}):
-            print("locked", flush=True)
-            sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=f"run_dir='{tmp_path}'.*process {holder.pid} on .* is"):
+    with locked_by_another_process(tmp_path) as pid:
+        with pytest.raises(ConfigError, match=f"run_dir='{tmp_path}'.*process {pid} on .* is"):
             with RunLock(tmp_path):
                 pass
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     with RunLock(tmp_path):                                   # released when its process ended
         assert (tmp_path / paths.LOCK).read_text().startswith("process ")

@@ -37,12 +37,6 @@ def run_ends(trainer: pl.Trainer, epochs: int) -> bool:
             or 0 <= trainer.max_steps <= trainer.global_step)
 
 
-def measured_epochs(trainer: pl.Trainer, every_n_epochs: int) -> int | None:
-    """Completed epochs if a measurement is due at this epoch end (every N, the last, a stop)."""
-    epoch = trainer.current_epoch + 1
-    return epoch if epoch % every_n_epochs == 0 or run_ends(trainer, epoch) else None
-
-
 def per_layer(row: Mapping[str, float], keys_: Sequence[str]) -> dict[str, Any]:
     """End-of-run layout of ``analysis.json``: the scalar row's per-layer ``keys_``
     (``<section>/[<group>/]layer<l>/<name>``) -> ``{[<group>: {]<name>: [value per layer][}]}``;
@@ -82,16 +76,17 @@ class Result:
 class Analysis(pl.Callback):
     """The one base of every analysis: says when it runs and records what it returns.
 
-    A subclass implements :meth:`measure` (before training, epoch 0, and after every
-    ``every_n_epochs`` epochs and the last) and/or :meth:`finish` (once, after training), each
-    returning a :class:`Result` (or None: nothing this time). The base records it everywhere: the
-    scalars to every logger and the metrics file, the arrays to ``arrays/<name>_epochNNN.npz``, the
-    media to W&B every ``media_every_n_epochs`` and at the end, and at the end of the run the
-    ``<name>`` section of ``analysis.json``, which lists under ``report`` the keys that
-    ``tsdyn.report`` tabulates (those whose name is in ``report_names``; None: all).
-    ``config_rules`` validates the analysis' fields in ``callbacks.<entry>`` before any work
-    (:func:`tsdyn.config.validate`); tsdyn's own analyses keep theirs in
-    :data:`tsdyn.config.CALLBACK_RULES`, which validation reads without importing torch."""
+    A subclass implements :meth:`measure` (before training, epoch 0, after every
+    ``every_n_epochs`` epochs, and once training ended after the last epoch if that was not one of
+    them: after the last checkpoint, so that an extended run measures at its new end instead)
+    and/or :meth:`finish` (once, after training), each returning a :class:`Result` (or None:
+    nothing this time). The base records it everywhere: the scalars to every logger and the
+    metrics file, the arrays to ``arrays/<name>_epochNNN.npz``, the media to W&B every
+    ``media_every_n_epochs`` and at the end, and at the end of the run the ``<name>`` section of
+    ``analysis.json``, which lists under ``report`` the keys that ``tsdyn.report`` tabulates (those
+    whose name is in ``report_names``; None: all). ``config_rules`` validates the analysis' fields
+    in ``callbacks.<entry>`` before any work (:func:`tsdyn.config.validate`); tsdyn's own analyses
+    keep theirs in :data:`tsdyn.config.CALLBACK_RULES`, which validation reads without importing torch."""
 
     name = ""
     config_rules: ClassVar[dict[str, Rule]] = ANALYSIS_RULES
@@ -116,13 +111,15 @@ class Analysis(pl.Callback):
             self.record(trainer, pl_module, 0, self.measure(pl_module, 0), final=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        epoch = measured_epochs(trainer, self.every_n_epochs)
-        if epoch is not None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0:
             self.record(trainer, pl_module, epoch, self.measure(pl_module, epoch), final=run_ends(trainer, epoch))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
-        self.record(trainer, pl_module, trainer.current_epoch, self.finish(trainer, pl_module), final=True,
-                    monitor=False)
+        epoch = trainer.current_epoch
+        if epoch % self.every_n_epochs:  # the last epoch, not measured at its end
+            self.record(trainer, pl_module, epoch, self.measure(pl_module, epoch), final=True, monitor=False)
+        self.record(trainer, pl_module, epoch, self.finish(trainer, pl_module), final=True, monitor=False)
         if self._keys or self._summary:
             pl_module.recorder.write_analysis(self.name, {**per_layer(self._row, self._keys), **self._summary,
                                                           "report": [k for k in self._keys if self._in_report(k)]})
@@ -470,7 +467,8 @@ class Pruning(Analysis):
 class LabelAccuracy(Analysis):
     """On labelled data (images), per student: the accuracy on the whole test split against the
     true labels (``eval/accuracy``) and the agreement with the teacher's argmax (``eval/agreement``);
-    once, the teacher's own accuracy (``eval/teacher_accuracy``). Logs nothing on unlabelled data."""
+    once, at the start, the teacher's own accuracy (``eval/teacher_accuracy``). Logs nothing on
+    unlabelled data."""
 
     name = "accuracy"
 
@@ -484,10 +482,11 @@ class LabelAccuracy(Analysis):
             return None
         x, labels = data.test_inputs(pl_module.teacher.d, device), data.test_labels(device)
         values = {}
-        if self.teacher_classes is None:
+        if self.teacher_classes is None:  # at the start, and again after a resume (not logged again then)
             teacher_out = predict(pl_module.teacher, x)
             self.teacher_classes = teacher_out[0].argmax(-1)
-            values["eval/teacher_accuracy"] = accuracy(teacher_out, labels)
+            if epoch == 0:
+                values["eval/teacher_accuracy"] = accuracy(teacher_out, labels)
         student, was_training = pl_module.student, pl_module.student.training
         student.eval()
         out = predict(student, x)

@@ -221,8 +221,10 @@ class TeacherStudent(pl.LightningModule):
         loss_sum += losses.detach()
 
     def on_train_start(self) -> None:
-        remaining = self.trainer.max_epochs * self.data.steps_per_epoch() - self.global_step
-        self.step_path = choose_path(self.step_mode, self.student, self._opt, remaining, bool(self.clip_val))
+        # a resumed (or extended) run keeps the path its first part chose: the same arithmetic throughout
+        pinned = (self._resumed or {}).get("step_path")
+        steps = self.trainer.max_epochs * self.data.steps_per_epoch() - self.global_step
+        self.step_path = pinned or choose_path(self.step_mode, self.student, self._opt, steps, bool(self.clip_val))
         if self.step_path != "autograd":
             self._fused = FusedSGD(self.student, self._opt, self.loss_kind, self.renormalize,
                                    compile_steps=self.fused_chunk if self.step_path == "compiled" else 0)
@@ -246,14 +248,18 @@ class TeacherStudent(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What a resumed run needs besides weights and Lightning's loop state: whether the epoch
-        was under way, the training-loss accumulator, and how much of ``metrics.jsonl`` was written."""
+        was under way, the training-loss accumulator, how much of ``metrics.jsonl`` and which array
+        files were written, and the training step's path (``step_path``)."""
         checkpoint["tsdyn"] = {"in_epoch": self._in_epoch, "loss_sum": self._loss_sum.detach().cpu(),
-                               "flushed_at": self._flushed_at, "metrics_bytes": self.recorder.metrics_bytes()}
+                               "flushed_at": self._flushed_at, "metrics_bytes": self.recorder.metrics_bytes(),
+                               "arrays": self.recorder.arrays_files(), "step_path": self.step_path}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Resuming: rows written after the checkpoint are dropped (they will be written again)."""
+        """Resuming: rows and array files written after the checkpoint are dropped (they will be
+        written again; after a completed run's last epoch: its end-of-run results, measured again at
+        the extended run's end)."""
         self._resumed = checkpoint["tsdyn"]
-        self.recorder.rewind(self._resumed["metrics_bytes"])
+        self.recorder.rewind(self._resumed["metrics_bytes"], self._resumed.get("arrays"))
 
     def _log_eval(self, epoch: int) -> None:
         self.recorder.log_members(self.trainer, {"loss/eval": self.snapshot(epoch).eval_loss}, epoch)

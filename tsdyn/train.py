@@ -23,7 +23,7 @@ from tsdyn.errors import Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
 from tsdyn.runfolder.lock import RunLock
 from tsdyn.runfolder.paths import last_checkpoint
-from tsdyn.runfolder.state import check_resumable, continue_in
+from tsdyn.runfolder.state import continue_in, wall_time_parts
 
 log = logging.getLogger("tsdyn")
 
@@ -46,15 +46,20 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     """Train one run, or with ``resume`` continue it from ``checkpoints/last.ckpt`` (from the start
-    if it stopped before its first checkpoint). Always writes ``summary.json``, status
+    if it stopped before its first checkpoint), to ``cfg.epochs`` (more than it had: the run is
+    extended). Always writes ``summary.json`` (``wall_time_s``: the sum of ``wall_time_s_parts``,
+    one per part of a resumed run), status
     ``completed``, ``diverged`` (``diverged_at_step``: where the non-finite loss was seen),
     ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
     ``failed`` (the error is re-raised, or training ended without the trainer finishing). A folder
     another live process is writing is refused (:class:`~tsdyn.runfolder.lock.RunLock`)."""
+    from tsdyn.resume import extend_run_folder
     from tsdyn.slurm import set_threads
 
     set_threads(cfg.get("threads"))
     with RunLock(run_dir):
+        if resume:
+            extend_run_folder(run_dir, cfg.epochs)
         return _run(cfg, run_dir, resume)
 
 
@@ -70,8 +75,9 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
     module, trainer = build(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None and not ckpt.exists():
-        module.recorder.rewind(0)
+        module.recorder.rewind(0, [])
         ckpt = None
+    parts = wall_time_parts(run_dir) if ckpt is not None else []  # the parts before this one
     summary = {"status": "failed", "run_dir": str(run_dir)}
     start = time.perf_counter()
     with StopOnSignal(module):
@@ -93,8 +99,9 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
             summary["error"] = f"{type(err).__name__}: {err}"
             raise
         finally:
-            summary.update(epochs=trainer.current_epoch, steps=trainer.global_step,
-                           wall_time_s=round(time.perf_counter() - start, 2), final=module.recorder.last)
+            parts.append(round(time.perf_counter() - start, 2))
+            summary.update(epochs=trainer.current_epoch, steps=trainer.global_step, wall_time_s=round(sum(parts), 2),
+                           wall_time_s_parts=parts, final=module.recorder.last)
             module.recorder.write_summary(trainer, summary)
             ok = summary["status"] == "completed"
             for lg in trainer.loggers:
@@ -131,14 +138,6 @@ def job(cfg: DictConfig) -> float | None:
     return summary["final"].get("match/layer0/mean_best")
 
 
-def check_run(cfg: DictConfig) -> None:
-    """What the command line checks of a single run before Hydra starts it (no torch): every value
-    (:func:`tsdyn.config.check_values`) and a ``resume=`` folder that holds a run to continue."""
-    check_values(cfg)
-    if cfg.get("resume"):
-        check_resumable(Path(cfg.resume))
-
-
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # in a multirun a job's failure is recorded in its folder and the other jobs go on
@@ -148,7 +147,7 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     """``python -m tsdyn.train`` and the ``tsdyn-train`` console script: the command line checked
     first (:func:`tsdyn.cli.check_command_line`, no torch), then Hydra's run."""
-    check_command_line("train", check=check_run)
+    check_command_line("train", check=check_values)
     try:
         main()
     except Interrupted as stop:  # checkpoint saved: exit as a process ended by that signal would

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 from tsdyn import keys
-from tsdyn.runfolder.paths import ANALYSIS, METRICS, SUMMARY, arrays_file
+from tsdyn.runfolder.paths import ANALYSIS, ARRAYS, METRICS, SUMMARY, arrays_file
 from tsdyn.runfolder.reader import read_metrics
 
 
@@ -122,16 +122,24 @@ class Recorder:
         path = self.run_dir / METRICS if self.run_dir is not None else None
         return path.stat().st_size if path is not None and path.exists() else 0
 
-    def rewind(self, nbytes: int) -> None:
+    def arrays_files(self) -> list[str]:
+        """The names of the files in ``arrays/`` so far: a checkpoint records them for :meth:`rewind`."""
+        folder = self.run_dir / ARRAYS if self.run_dir is not None else None
+        return sorted(p.name for p in folder.glob("*.npz")) if folder is not None and folder.is_dir() else []
+
+    def rewind(self, nbytes: int, arrays: list[str] | None = None) -> None:
         """Resuming from a checkpoint: cut the metrics file back to the ``nbytes`` it had then (the
-        rows after it, a torn last line included, are written again) and take ``last`` from the
-        rows kept."""
+        rows after it, a torn last line included, are written again), remove the array files that
+        were not among its ``arrays`` (None: keep them all), and take ``last`` from the rows kept."""
         if self.run_dir is None:
             return
         path = self.run_dir / METRICS
         if path.exists():
             with open(path, "r+b") as f:
                 f.truncate(nbytes)
+        if arrays is not None:
+            for name in set(self.arrays_files()) - set(arrays):
+                (self.run_dir / ARRAYS / name).unlink()
         self.last = {}
         for row in read_metrics(self.run_dir):
             self.last.update({k: math.nan if v is None else v for k, v in row.items() if k not in ("step", "epoch")})
