@@ -52,8 +52,9 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None,
                        check: Callable[[DictConfig], None] | None = None) -> None:
     """Check the command line of a Hydra command (``argv``, default ``sys.argv[1:]``) composing
     ``config_name``; a bad override or (a single run) a value ``check`` refuses ends the command
-    with one line, exit status 2. Help, completion and a command that picks another config
-    (``--config-name`` ...) are Hydra's alone."""
+    with one line, exit status 2. ``--help`` is printed here (:func:`help_text`) where the template
+    allows; ``--hydra-help``, completion and a command that picks another config (``--config-name``
+    ...) are Hydra's alone."""
     args = get_args_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.help and not (args.hydra_help or args.config_path or args.config_name or args.config_dir):
         with exit_on_config_error():
