@@ -80,6 +80,8 @@ BAD = [
     ("threads=0", "threads=0"),
     ("trainer.accelerator=tpuu", "trainer.accelerator='tpuu'"),
     ("logger.wandb.mode=onlin", "logger.wandb.mode='onlin'"),
+    ("+optimizer.momentun=0.9", "optimizer.momentun=0.9"),        # not an argument of torch.optim.SGD
+    ("optimizer=adam +optimizer.nesterov=true", "optimizer.nesterov=True"),
 ]
 
 

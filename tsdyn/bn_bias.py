@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
-import torchvision
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
-from tsdyn import plots
+from tsdyn.cli import CONF, check_command_line
 from tsdyn.config import ConfigError, fail
-from tsdyn.metrics.bn import frac_nonpositive
+
+if TYPE_CHECKING:  # torch and torchvision load once the command line is checked
+    import torch
+    from torch import nn
 
 
 def architecture(model: str) -> nn.Module:
     """The randomly initialised torchvision ``model``; :class:`ConfigError` for an unknown name or a
     model without (affine) BatchNorm layers."""
+    import torchvision
+
     names = torchvision.models.list_models(module=torchvision.models)
     if model not in names:
         fail("model", model, f"a torchvision classification model, one of {names}")
@@ -39,6 +42,9 @@ def weights_path(model: str, weights: str = "DEFAULT", weights_file: str | None 
     """The state_dict file for ``model``: ``weights_file`` if given, else torchvision's file for the
     ``weights`` entry in the torch hub cache. :class:`ConfigError` (saying where to put the file)
     when it is not there."""
+    import torch
+    import torchvision
+
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
@@ -57,6 +63,8 @@ def weights_path(model: str, weights: str = "DEFAULT", weights_file: str | None 
 
 def load_model(model: str, weights: str = "DEFAULT", weights_file: str | None = None) -> nn.Module:
     """``model`` with its pretrained state_dict (see :func:`weights_path`), in eval mode."""
+    import torch
+
     net = architecture(model)
     state = torch.load(weights_path(model, weights, weights_file), map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("state_dict", state))
@@ -65,12 +73,19 @@ def load_model(model: str, weights: str = "DEFAULT", weights_file: str | None = 
 
 def bias_table(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``(module name, bias [C])`` of every affine BatchNorm layer of ``net``, in module order."""
+    from torch import nn
+
     return [(name, m.bias.detach()) for name, m in net.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None]
 
 
 def report(model: str, layers: list[tuple[str, torch.Tensor]], out: Path, console: Console | None = None) -> None:
     """Print the per-layer table and save the histogram figure to ``out``."""
+    import torch
+
+    from tsdyn import plots
+    from tsdyn.metrics.bn import frac_nonpositive
+
     table = Table(title=f"BatchNorm biases of {model}: share <= 0 per layer")
     for col in ("layer", "module", "channels", "share <= 0", "mean bias"):
         table.add_column(col, justify="right")
@@ -87,7 +102,7 @@ def report(model: str, layers: list[tuple[str, torch.Tensor]], out: Path, consol
     (console or Console()).print(f"histograms: {out}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bn_bias")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="bn_bias")
 def main(cfg: DictConfig) -> None:
     try:
         net = load_model(cfg.model, cfg.weights, cfg.weights_file)
@@ -97,5 +112,12 @@ def main(cfg: DictConfig) -> None:
     report(cfg.model, bias_table(net), Path(cfg.out))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m tsdyn.bn_bias`` and the ``tsdyn-bn-bias`` console script: the overrides checked
+    first (:func:`tsdyn.cli.check_command_line`: the model's name needs torchvision, checked after)."""
+    check_command_line("bn_bias")
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from torch import Tensor
 
 from tsdyn import keys, plots
-from tsdyn.config import BOOL, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, THRESHOLD, THRESHOLDS, UNIT, Rule
+from tsdyn.config import ANALYSIS_RULES, CALLBACK_RULES, Rule
 from tsdyn.metrics.accuracy import accuracy
 from tsdyn.metrics.bn import bn_biases, frac_nonpositive
 from tsdyn.metrics.drift import drift
@@ -85,11 +85,11 @@ class Analysis(pl.Callback):
     ``media_every_n_epochs`` and at the end, and at the end of the run the ``<name>`` section of
     ``analysis.json``, which lists under ``report`` the keys that ``tsdyn.report`` tabulates (those
     whose name is in ``report_names``; None: all). ``config_rules`` validates the analysis' fields
-    in ``callbacks.<entry>`` before any work
-    (:func:`tsdyn.config.validate`)."""
+    in ``callbacks.<entry>`` before any work (:func:`tsdyn.config.validate`); tsdyn's own analyses
+    keep theirs in :data:`tsdyn.config.CALLBACK_RULES`, which validation reads without importing torch."""
 
     name = ""
-    config_rules: ClassVar[dict[str, Rule]] = {"every_n_epochs": POSITIVE_INT, "media_every_n_epochs": POSITIVE_INT}
+    config_rules: ClassVar[dict[str, Rule]] = ANALYSIS_RULES
     report_names: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, every_n_epochs: int = 1, media_every_n_epochs: int = 20):
@@ -159,7 +159,7 @@ class NodeMatching(Analysis):
     a table of the final matches."""
 
     name = "match"
-    config_rules = {**Analysis.config_rules, "thresholds": THRESHOLDS}
+    config_rules = CALLBACK_RULES["tsdyn.callbacks.NodeMatching"]
     report_names = ("hungarian_mean",)  # mean_best has the report's main table
 
     def __init__(self, every_n_epochs: int = 1, thresholds: Sequence[float] = (0.9, 0.95, 0.99),
@@ -207,7 +207,7 @@ class FanOut(Analysis):
     mask. W&B: log10-norm histograms of both groups and the L-shape scatter."""
 
     name = "fanout"
-    config_rules = {**Analysis.config_rules, "threshold": THRESHOLD, "bn_effective": BOOL}
+    config_rules = CALLBACK_RULES["tsdyn.callbacks.FanOut"]
     report_names = ("matched_median", "unmatched_median", "unmatched_below_1pct")
 
     def __init__(self, every_n_epochs: int = 1, threshold: float = 0.9, media_every_n_epochs: int = 20,
@@ -301,7 +301,7 @@ class BetaH(Analysis):
     four means per layer."""
 
     name = "theory"
-    config_rules = {**Analysis.config_rules, "n_samples": POSITIVE_INT, "required": BOOL}
+    config_rules = CALLBACK_RULES["tsdyn.callbacks.BetaH"]
 
     def __init__(self, every_n_epochs: int = 20, n_samples: int = 256, required: bool = True):
         super().__init__(every_n_epochs)
@@ -365,7 +365,7 @@ class Luck(Analysis):
     never got there rank last). Results also in ``analysis.json`` (``luck``)."""
 
     name = "luck"
-    config_rules = {**Analysis.config_rules, "baseline_epochs": NON_NEGATIVE_INT, "threshold": THRESHOLD}
+    config_rules = CALLBACK_RULES["tsdyn.callbacks.Luck"]
     report_names = (*(keys.luck_rank(stat, b) for stat in ("mean", "median") for b in (0, 1)),
                     "spearman_init_vs_converge")
 
@@ -437,7 +437,7 @@ class Pruning(Analysis):
     ``pruning`` section of ``analysis.json``."""
 
     name = "pruning"
-    config_rules = {"share": UNIT, "seed": NON_NEGATIVE_INT, "norm_ord": POSITIVE, "bn_effective": BOOL}
+    config_rules = CALLBACK_RULES["tsdyn.callbacks.Pruning"]
 
     def __init__(self, share: float = 0.5, seed: int = 0, norm_ord: float = 1, bn_effective: bool = True):
         super().__init__()

@@ -1,18 +1,22 @@
 """Validation of a composed config, before any work: every bad value gets one line naming the
-full key, the value given and what is allowed."""
+full key, the value given and what is allowed.
+
+Two stages: :func:`check_values` needs no torch and no file beyond the image sets' (the command
+line runs it before Hydra starts, and ``tsdyn.sweeps`` on every job), :func:`check_imports` then
+imports what a key names (a callback class from outside :mod:`tsdyn.callbacks`, the optimizer
+class) and reads the teacher file. :func:`validate` runs both, in that order."""
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any, Callable
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tsdyn.choices import BN_PLACEMENTS, CLIP_ALGORITHMS, INIT_MODES, LOSSES, ROW_NORMS, STEP_MODES
 from tsdyn.errors import ConfigError, exit_on_config_error, fail  # noqa: F401 - re-exported
-from tsdyn.fused import STEP_MODES
-from tsdyn.images import IMAGE_SETS, require_files
-from tsdyn.module import CLIP_ALGORITHMS, LOSSES
-from tsdyn.nets import BN_PLACEMENTS, INIT_MODES, ROW_NORMS, read_teacher_file
+from tsdyn.imagefiles import IMAGE_SETS, require_files
 
 
 def _is_int(v: Any) -> bool:
@@ -109,6 +113,24 @@ RULES: dict[str, Rule] = {
 }
 
 
+# The fields of tsdyn's analyses (tsdyn.callbacks), by class: each class declares its entry as its
+# ``config_rules``; kept here so that checking them needs no torch. A callback class from elsewhere
+# declares its own ``config_rules``, read when it is imported (check_imports).
+ANALYSIS_RULES: dict[str, Rule] = {"every_n_epochs": POSITIVE_INT, "media_every_n_epochs": POSITIVE_INT}
+CALLBACK_RULES: dict[str, dict[str, Rule]] = {
+    "tsdyn.callbacks.NodeMatching": {**ANALYSIS_RULES, "thresholds": THRESHOLDS},
+    "tsdyn.callbacks.FanOut": {**ANALYSIS_RULES, "threshold": THRESHOLD, "bn_effective": BOOL},
+    "tsdyn.callbacks.BNBias": ANALYSIS_RULES,
+    "tsdyn.callbacks.WeightDrift": ANALYSIS_RULES,
+    "tsdyn.callbacks.BetaH": {**ANALYSIS_RULES, "n_samples": POSITIVE_INT, "required": BOOL},
+    "tsdyn.callbacks.Sparsity": ANALYSIS_RULES,
+    "tsdyn.callbacks.Luck": {**ANALYSIS_RULES, "baseline_epochs": NON_NEGATIVE_INT, "threshold": THRESHOLD},
+    "tsdyn.callbacks.Pruning": {"share": UNIT, "seed": NON_NEGATIVE_INT, "norm_ord": POSITIVE, "bn_effective": BOOL},
+    "tsdyn.callbacks.LabelAccuracy": ANALYSIS_RULES,
+}
+# optimizer keys that are tsdyn's, not the optimizer class's arguments
+OPTIMIZER_OWN = ("_target_", "_partial_", "lr_schedule", "renormalize")
+
 MULTI_PROCESS = ("tsdyn trains in one process on one device; for several students in one run use "
                  "student.num_students, for many runs a multirun (-m) or hydra/launcher=slurm")
 # Trainer options the loop cannot honour: key -> (the values it can, what to do instead). The loop
@@ -157,6 +179,13 @@ def _plain(cfg: DictConfig, key: str) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first bad value of ``cfg`` (a composed train config)."""
+    check_values(cfg)
+    check_imports(cfg)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """The checks of :func:`validate` that import nothing heavy and read no file but the image
+    sets' (their presence): every value, and the teacher's input size unless a teacher file says it."""
     check_trainer(cfg)
     for key, (ok, allowed) in RULES.items():
         if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
@@ -187,7 +216,9 @@ def validate(cfg: DictConfig) -> None:
         fail("data.batch_size", bs, f"at most data.n_train={n_train}")
 
     for name in (_plain(cfg, "callbacks") or {}):
-        check_callback(cfg, name)
+        target = _plain(cfg, f"callbacks.{name}._target_")
+        if target in CALLBACK_RULES:
+            check_callback_fields(cfg, name, CALLBACK_RULES[target])
         if theory_required(cfg, name):
             for net in ("student", "teacher"):
                 bn = _plain(cfg, f"{net}.bn")
@@ -195,7 +226,53 @@ def validate(cfg: DictConfig) -> None:
                     fail(f"{net}.bn", bn, f"'none' while callbacks.{name}.required=true (the beta/H theory needs "
                                           f"fully connected nets without BatchNorm); set it to false to skip")
 
-    check_inputs(cfg)
+    check_image_files(cfg)
+    if not teacher_file_given(cfg):
+        d = _plain(cfg, "teacher.d")
+        check_inputs(cfg, "teacher.d", d, "conv" if isinstance(d, list) else "fc", d)
+
+
+def check_imports(cfg: DictConfig) -> None:
+    """The checks of :func:`validate` that import what the config names or read a file (after
+    :func:`check_values`, whose checks need neither): each callback class from outside
+    :mod:`tsdyn.callbacks` imports and its fields meet its ``config_rules``; every optimizer key is an
+    argument of the optimizer class; the teacher file is one, reading the data's inputs."""
+    for name in (_plain(cfg, "callbacks") or {}):
+        target = _plain(cfg, f"callbacks.{name}._target_")
+        if target is not None and target not in CALLBACK_RULES:
+            check_callback_fields(cfg, name, getattr(import_target(f"callbacks.{name}._target_", target),
+                                                     "config_rules", {}))
+    check_optimizer_arguments(cfg)
+    if teacher_file_given(cfg):
+        from tsdyn.nets import read_teacher_file  # torch.load
+        value = _plain(cfg, "teacher.checkpoint")
+        try:
+            teacher_file = read_teacher_file(value)
+        except (TypeError, OSError, ValueError) as err:
+            fail("teacher.checkpoint", value, f"a teacher file written by python -m tsdyn.pretrain_teacher ({err})")
+        check_inputs(cfg, "teacher.checkpoint", value, teacher_file["kind"], teacher_file["arch"]["d"])
+
+
+def import_target(key: str, target: str) -> type:
+    """The class ``target`` (the value of ``key``); one that does not import is refused."""
+    try:
+        return get_class(target)
+    except Exception as err:  # noqa: BLE001 - hydra wraps every import failure
+        fail(key, target, f"an importable class ({str(err).splitlines()[0]})")
+
+
+def check_optimizer_arguments(cfg: DictConfig) -> None:
+    """Every key of the ``optimizer`` group (``+optimizer.nesterov=true`` adds one) is an argument of
+    its class, or one of tsdyn's own (:data:`OPTIMIZER_OWN`)."""
+    target = _plain(cfg, "optimizer._target_")
+    if target is None:
+        return
+    arguments = [a for a in inspect.signature(import_target("optimizer._target_", target)).parameters
+                 if a not in ("self", "params")]
+    for key in _plain(cfg, "optimizer"):
+        if key not in OPTIMIZER_OWN and key not in arguments:
+            fail(f"optimizer.{key}", _plain(cfg, f"optimizer.{key}"),
+                 f"an argument of {target}: {', '.join(arguments)} (or {', '.join(OPTIMIZER_OWN[2:])})")
 
 
 def check_fused_step(cfg: DictConfig) -> None:
@@ -216,17 +293,8 @@ def check_fused_step(cfg: DictConfig) -> None:
                                    f"{_plain(cfg, 'trainer.gradient_clip_val')})")
 
 
-def check_callback(cfg: DictConfig, name: str) -> None:
-    """The fields of ``callbacks.<name>`` against the rules its class declares beside it
-    (``config_rules``: the analyses of :mod:`tsdyn.callbacks`); a target that does not import is
-    refused here, before any work."""
-    target = _plain(cfg, f"callbacks.{name}._target_")
-    if target is None:
-        return
-    try:
-        rules = getattr(get_class(target), "config_rules", {})
-    except Exception as err:  # noqa: BLE001 - hydra wraps every import failure
-        fail(f"callbacks.{name}._target_", target, f"an importable callback class ({str(err).splitlines()[0]})")
+def check_callback_fields(cfg: DictConfig, name: str, rules: dict[str, Rule]) -> None:
+    """The fields of ``callbacks.<name>`` against ``rules`` (its class's ``config_rules``)."""
     for field, (ok, allowed) in rules.items():
         value = _plain(cfg, f"callbacks.{name}.{field}")
         if value is not None and not ok(value):
@@ -240,27 +308,25 @@ def theory_required(cfg: DictConfig, name: str) -> bool:
             and _plain(cfg, f"callbacks.{name}.required") is not False)
 
 
-def check_inputs(cfg: DictConfig) -> None:
-    """The teacher reads the data: image files present (unless torchvision downloads them), the
-    teacher's input size or shape (a pretrained teacher: its file's) equal to the data's, and the
-    beta/H theory kept to fully connected teachers."""
+def teacher_file_given(cfg: DictConfig) -> bool:
+    return OmegaConf.select(cfg, "teacher.checkpoint", default="__absent__") != "__absent__"
+
+
+def check_image_files(cfg: DictConfig) -> None:
+    """The image files are present, unless torchvision downloads them."""
     dataset = _plain(cfg, "data.dataset")
     if dataset is not None and not _plain(cfg, "data.download"):
         try:
             require_files(dataset, _plain(cfg, "data.root"))
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
-    if OmegaConf.select(cfg, "teacher.checkpoint", default="__absent__") != "__absent__":
-        key, value = "teacher.checkpoint", _plain(cfg, "teacher.checkpoint")
-        try:
-            teacher_file = read_teacher_file(value)
-        except (TypeError, OSError, ValueError) as err:
-            fail(key, value, f"a teacher file written by python -m tsdyn.pretrain_teacher ({err})")
-        kind, d = teacher_file["kind"], teacher_file["arch"]["d"]
-    else:
-        key = "teacher.d"
-        kind, d = ("conv" if isinstance(_plain(cfg, key), list) else "fc"), _plain(cfg, key)
-        value = d
+
+
+def check_inputs(cfg: DictConfig, key: str, value: Any, kind: str, d: Any) -> None:
+    """The teacher reads the data: its input size or shape ``d`` (a ``kind`` ``fc`` or ``conv`` net,
+    given by ``key`` = ``value``: the config's teacher, or a teacher file's) equal to the data's,
+    and the beta/H theory kept to fully connected teachers."""
+    dataset = _plain(cfg, "data.dataset")
     shape = _plain(cfg, "data.shape")
     if shape is not None and d != (shape if kind == "conv" else _plain(cfg, "data.input_dim")):
         expected = shape if kind == "conv" else f"{_plain(cfg, 'data.input_dim')} (flattened {shape})"

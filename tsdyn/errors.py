@@ -1,7 +1,9 @@
-"""The one-line config error: raised by validation before any work, printed as one line (exit 2).
-Kept free of heavy imports, so that what runs before torch loads (the run-folder lock) can use it."""
+"""The errors that end a command: the one-line config error (raised by validation before any work,
+printed as one line, exit 2) and :class:`Interrupted` (a signal stopped training). Kept free of
+heavy imports, so that what runs before torch loads (the command line, the run-folder lock) can use them."""
 from __future__ import annotations
 
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -23,3 +25,15 @@ def exit_on_config_error() -> Iterator[None]:
 
 def fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM, a pre-emption) ended training between two optimizer steps. Like
+    ``KeyboardInterrupt`` it is no ``Exception``: a sweep's per-job error handling lets it through."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"

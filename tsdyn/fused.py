@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tsdyn.choices import STEP_MODES
 from tsdyn.nets import ReLUNet, normalize_rows
 
 log = logging.getLogger("tsdyn")
 
-STEP_MODES = ("auto", "compiled", "fused", "autograd")
 # auto compiles the fused step when a run has at least this many optimizer steps: below it the
 # compilation (tens of seconds cold, a few from inductor's on-disk cache, 2-core machine) costs
 # more than it saves (docs/BENCHMARKS.md, "Compilation").

@@ -13,7 +13,6 @@ import gzip
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,49 +22,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from tsdyn.data import InMemoryData, epoch_generator
-
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-               "t10k-labels-idx1-ubyte")
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """A torchvision data set as tsdyn reads it: the files it needs under ``<root>/<folder>``
-    (``gzipped``: each may also be there as ``<file>.gz``, the form they are published in)."""
-    title: str
-    loader: type
-    folder: str
-    files: tuple[str, ...]
-    gzipped: bool
-
-
-IMAGE_SETS = {
-    "fashion_mnist": ImageSet("Fashion-MNIST", datasets.FashionMNIST, "FashionMNIST/raw", MNIST_FILES, True),
-    "mnist": ImageSet("MNIST", datasets.MNIST, "MNIST/raw", MNIST_FILES, True),
-    "cifar10": ImageSet("CIFAR-10", datasets.CIFAR10, "cifar-10-batches-py",
-                        (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"), False),
-}
-
-
-def missing_files(dataset: str, root: str | Path) -> list[str]:
-    """The files of ``dataset`` absent from ``root`` (a gzipped copy counts where allowed)."""
-    spec, folder = IMAGE_SETS[dataset], Path(root) / IMAGE_SETS[dataset].folder
-    return [f for f in spec.files
-            if not (folder / f).is_file() and not (spec.gzipped and (folder / f"{f}.gz").is_file())]
-
-
-def require_files(dataset: str, root: str | Path) -> None:
-    """Raise ``FileNotFoundError`` with a one-line message (folder, files, ``make data``) unless
-    every file of ``dataset`` is under ``root``."""
-    missing = missing_files(dataset, root)
-    if missing:
-        spec = IMAGE_SETS[dataset]
-        folder = (Path(root) / spec.folder).resolve()
-        gz = " (or their .gz files)" if spec.gzipped else ""
-        raise FileNotFoundError(
-            f"data.root={str(root)!r}: no {spec.title} in {folder}: missing {', '.join(missing)}{gz}; "
-            f"`make data` fetches Fashion-MNIST there, other sets must be copied in, or set "
-            f"data.download=true to let torchvision download it")
+from tsdyn.imagefiles import IMAGE_SETS, require_files
 
 
 def _gunzip_missing(dataset: str, root: str | Path) -> None:
@@ -87,7 +44,7 @@ def decode(dataset: str, root: str | Path, train: bool, download: bool = False) 
     if not download:
         require_files(dataset, root)
         _gunzip_missing(dataset, root)
-    ds = IMAGE_SETS[dataset].loader(str(root), train=train, download=download)
+    ds = getattr(datasets, IMAGE_SETS[dataset].loader)(str(root), train=train, download=download)
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # CIFAR: NHWC
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)

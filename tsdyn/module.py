@@ -8,7 +8,6 @@ only every ``log_every_n_steps`` steps.
 from __future__ import annotations
 
 import bisect
-import signal
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Mapping, Sequence
@@ -21,13 +20,12 @@ from torch.utils.data import DataLoader
 
 from tsdyn import keys
 from tsdyn.data import GaussianData
+from tsdyn.errors import Interrupted
 from tsdyn.fused import FusedSGD, choose_path
 from tsdyn.metrics.matching import as_samples, correlation
 from tsdyn.nets import ReLUNet, predict, renormalize_
 from tsdyn.runfolder.writer import Recorder
 
-LOSSES = ("mse", "cross_entropy")
-CLIP_ALGORITHMS = ("norm", "value")
 
 
 class Diverged(Exception):
@@ -39,18 +37,6 @@ class Diverged(Exception):
 
     def __str__(self) -> str:
         return f"non-finite training loss at step {self.step}"
-
-
-class Interrupted(BaseException):
-    """A signal (SIGINT, SIGTERM, a pre-emption) ended training between two optimizer steps. Like
-    ``KeyboardInterrupt`` it is no ``Exception``: a sweep's per-job error handling lets it through."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        return f"stopped by {signal.Signals(self.signum).name}"
 
 
 def _advance_step_counter(trainer: pl.Trainer, n: int) -> None:

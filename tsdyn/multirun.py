@@ -20,7 +20,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from tsdyn.runfolder.paths import SUMMARY
-from tsdyn.runfolder.writer import Recorder
 
 log = logging.getLogger("tsdyn")
 T = TypeVar("T")
@@ -66,6 +65,7 @@ def record_failure(run_dir: Path, err: BaseException) -> dict:
                "epochs": 0, "steps": 0, "wall_time_s": 0.0, "final": {}}
     if isinstance(err, SystemExit):
         summary["exit_code"] = err.code
+    from tsdyn.runfolder.writer import Recorder  # torch: the job has imported it already
     Recorder(run_dir).write_json(SUMMARY, summary)
     return summary
 

@@ -16,28 +16,33 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tsdyn.build import build_teacher, optimizer_options
-from tsdyn.config import ConfigError, UNIT, fail, validate
-from tsdyn.metrics.accuracy import accuracy
-from tsdyn.metrics.pruning import prune_smallest_fanout_
-from tsdyn.module import lr_at
-from tsdyn.nets import EnsembleNet, predict, save_teacher
-from tsdyn.runfolder.writer import Recorder
-from tsdyn.slurm import set_threads
+from tsdyn.cli import CONF, check_command_line
+from tsdyn.config import ConfigError, UNIT, check_imports, check_values, fail
+
+if TYPE_CHECKING:
+    import torch
+
+    from tsdyn.nets import EnsembleNet
 
 
 def validate_pretrain(cfg: DictConfig) -> None:
     """:func:`tsdyn.config.validate`, plus: labelled data, one teacher output per class, a pruning
     share in [0, 1)."""
-    validate(cfg)
+    check_pretrain_values(cfg)
+    check_imports(cfg)
+
+
+def check_pretrain_values(cfg: DictConfig) -> None:
+    """The checks of :func:`validate_pretrain` that need no torch (the command line runs them
+    before Hydra starts): :func:`tsdyn.config.check_values` and the pre-training's own."""
+    check_values(cfg)
     if cfg.data.get("num_classes") is None:
         fail("data", OmegaConf.select(cfg, "data._target_"), "labelled images (data=fashion_mnist, mnist or cifar10)")
     if "checkpoint" not in cfg.teacher and cfg.teacher.d_out != cfg.data.num_classes:
@@ -48,24 +53,39 @@ def validate_pretrain(cfg: DictConfig) -> None:
         fail("optimizer.renormalize", cfg.optimizer.renormalize, "null (projected SGD is for students only)")
 
 
-@torch.no_grad()
 def remove_nodes_(net: EnsembleNet, removed: list[torch.Tensor]) -> None:
     """Zero the incoming weights and biases of the nodes ``removed[l]`` (``[E, n_l]`` indices per
     hidden layer), whose fan-out pruning already zeroed: they become constant."""
-    for layer, nodes in enumerate(removed):
-        for e, idx in enumerate(nodes):
-            net.weights[layer][e, idx] = 0.0
-            net.biases[layer][e, idx] = 0.0
+    import torch
+
+    with torch.no_grad():
+        for layer, nodes in enumerate(removed):
+            for e, idx in enumerate(nodes):
+                net.weights[layer][e, idx] = 0.0
+                net.biases[layer][e, idx] = 0.0
 
 
 def evaluate_accuracy(net: EnsembleNet, x: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of the one-member ``net`` (put in eval mode) on inputs ``x`` with ``labels``."""
+    from tsdyn.metrics.accuracy import accuracy
+    from tsdyn.nets import predict
+
     net.eval()
     return float(accuracy(predict(net, x), labels)[0])
 
 
 def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     """Train ``cfg.teacher`` on ``cfg.data``'s labels; write the teacher file and ``summary.json``."""
+    import torch
+    import torch.nn.functional as F
+
+    from tsdyn.build import build_teacher, optimizer_options
+    from tsdyn.metrics.pruning import prune_smallest_fanout_
+    from tsdyn.module import lr_at
+    from tsdyn.nets import save_teacher
+    from tsdyn.runfolder.writer import Recorder
+    from tsdyn.slurm import set_threads
+
     set_threads(cfg.get("threads"))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
@@ -117,7 +137,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="pretrain")
 def main(cfg: DictConfig) -> float:
     try:
         validate_pretrain(cfg)
@@ -142,5 +162,12 @@ def student_command(checkpoint: str, overrides: list[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m tsdyn.pretrain_teacher`` and the ``tsdyn-pretrain`` console script: the command
+    line checked first (:func:`tsdyn.cli.check_command_line`, no torch), then Hydra's run."""
+    check_command_line("pretrain", check=check_pretrain_values)
     main()
+
+
+if __name__ == "__main__":
+    cli()

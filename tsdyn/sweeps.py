@@ -2,54 +2,50 @@
 
 ``python -m tsdyn.sweeps sweep=width [overrides]`` prints how many jobs ``python -m tsdyn.train -m
 sweep=width [overrides]`` would launch and each job's overrides, and checks every job's config
-(composition and :func:`tsdyn.config.validate`) first: a bad value in one job of a 200-job SLURM
-array is found before anything is submitted. The expansion is Hydra's basic sweeper's own
-(``hydra.sweeper.params`` of the preset first, then the command line's overrides; cartesian product).
+(composition, the overrides' keys as :mod:`tsdyn.cli` checks them, and every value,
+:func:`tsdyn.config.check_values`) first: a bad value in one job of a 200-job SLURM array is found
+before anything is submitted, in about the time Hydra needs to compose the jobs (no torch). What
+needs an import or a file read (:func:`tsdyn.config.check_imports`: a callback class from outside
+tsdyn, optimizer arguments, the teacher file) is checked when each job starts. The expansion is
+Hydra's basic sweeper's own (``hydra.sweeper.params`` of the preset first, then the command line's
+overrides; cartesian product).
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from tsdyn.config import ConfigError, validate
+from tsdyn import cli
+from tsdyn.config import ConfigError, check_values
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = cli.CONF
 
 
 def sweep_jobs(overrides: list[str], config_dir: str = CONF) -> list[list[str]]:
     """Each job's override list for ``python -m tsdyn.train -m <overrides>``, in launch order."""
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose("train", overrides=fixed, return_hydra_config=True)
-    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
-    return BasicSweeper.split_arguments(parser.parse_overrides(params + list(overrides)), None)[0]
+    return cli.sweep_jobs("train", overrides, config_dir)
 
 
 def job_configs(jobs: list[list[str]], config_dir: str = CONF) -> list[DictConfig]:
     """The composed config of each job as the job will see it, but without the hydra node: its
     ``run_dir`` (Hydra's output folder, known only once the job runs) reads ``<job N>``."""
-    configs = []
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        for num, job in enumerate(jobs):
-            cfg = compose("train", overrides=job)
-            with open_dict(cfg):
-                cfg.run_dir = f"<job {num}>"
-            configs.append(cfg)
-    return configs
+    bases: dict = {}
+    return [cli.without_hydra(cli.compose_checked("train", job, config_dir, bases), f"<job {num}>")
+            for num, job in enumerate(jobs)]
 
 
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    jobs = sweep_jobs(overrides)
-    for num, (job, cfg) in enumerate(zip(jobs, job_configs(jobs))):
+    try:
+        jobs = sweep_jobs(overrides)
+        configs = job_configs(jobs)
+    except ConfigError as err:
+        print(f"tsdyn: config error: {err}", file=sys.stderr)
+        return 2
+    for num, (job, cfg) in enumerate(zip(jobs, configs)):
         try:
-            validate(cfg)
+            check_values(cfg)
         except ConfigError as err:
             print(f"tsdyn: config error in job {num} ({' '.join(job)}): {err}", file=sys.stderr)
             return 2

@@ -1,5 +1,8 @@
 """``python -m tsdyn.train [overrides]``: build teacher, student, data, module, callbacks and
-loggers from the Hydra config, train, and write the run folder's summary."""
+loggers from the Hydra config, train, and write the run folder's summary.
+
+The command line is checked (:mod:`tsdyn.cli`: overrides, keys, values) before Hydra runs and torch
+loads; this module imports torch, Lightning and W&B only inside the functions that train."""
 from __future__ import annotations
 
 import logging
@@ -13,20 +16,14 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.trainer.states import TrainerStatus
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from tsdyn.build import build
-from tsdyn.config import exit_on_config_error, validate
-from tsdyn.console import next_steps, print_match_table
-from tsdyn.module import Diverged, Interrupted
+from tsdyn.cli import CONF, check_command_line
+from tsdyn.config import check_values, exit_on_config_error, validate
+from tsdyn.errors import Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
-from tsdyn.resume import StopOnSignal, extend_run_folder, resumed_config
 from tsdyn.runfolder.lock import RunLock
 from tsdyn.runfolder.paths import last_checkpoint
 from tsdyn.runfolder.state import continue_in, wall_time_parts
-from tsdyn.slurm import set_threads
 
 log = logging.getLogger("tsdyn")
 
@@ -37,9 +34,13 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 # (TeacherStudent.training_step), and the run's own checkpoints/ folder is written again
 warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty.*")
+# SLURM's commands installed, the job not started by srun: tsdyn runs one process per job anyway
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used.*")
 HARMLESS_LINES = ("Tip:", "GPU available:", "TPU available:")  # Lightning's notes on hardware and its tips
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda r: not any(text in r.getMessage() for text in HARMLESS_LINES))
+# torch's C++ extension builder (the compiled step) on a machine without the CUDA toolkit
+logging.getLogger("torch.utils.cpp_extension").addFilter(lambda r: "No CUDA runtime is found" not in r.getMessage())
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
@@ -52,6 +53,9 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     ``interrupted`` (a signal: the checkpoint is saved, then :class:`Interrupted` is raised) or
     ``failed`` (the error is re-raised, or training ended without the trainer finishing). A folder
     another live process is writing is refused (:class:`~tsdyn.runfolder.lock.RunLock`)."""
+    from tsdyn.resume import extend_run_folder
+    from tsdyn.slurm import set_threads
+
     set_threads(cfg.get("threads"))
     with RunLock(run_dir):
         if resume:
@@ -60,6 +64,14 @@ def run(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
 
 
 def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
+    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.trainer.states import TrainerStatus
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from tsdyn.build import build
+    from tsdyn.module import Diverged
+    from tsdyn.resume import StopOnSignal
+
     module, trainer = build(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
     if ckpt is not None and not ckpt.exists():
@@ -102,6 +114,9 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
 def job(cfg: DictConfig) -> float | None:
     """One run from its config (``resume=<folder>``: that run, continued with its own config): exits
     2 on a bad value, 3 when training diverges; a signal raises :class:`Interrupted`."""
+    from tsdyn.console import next_steps, print_match_table
+    from tsdyn.resume import resumed_config
+
     with exit_on_config_error():
         validate(cfg)
         if cfg.get("resume"):
@@ -123,14 +138,16 @@ def job(cfg: DictConfig) -> float | None:
     return summary["final"].get("match/layer0/mean_best")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # in a multirun a job's failure is recorded in its folder and the other jobs go on
     return multirun_job(job, cfg) if in_multirun() else job(cfg)
 
 
 def cli() -> None:
-    """``python -m tsdyn.train`` and the ``tsdyn-train`` console script."""
+    """``python -m tsdyn.train`` and the ``tsdyn-train`` console script: the command line checked
+    first (:func:`tsdyn.cli.check_command_line`, no torch), then Hydra's run."""
+    check_command_line("train", check=check_values)
     try:
         main()
     except Interrupted as stop:  # checkpoint saved: exit as a process ended by that signal would

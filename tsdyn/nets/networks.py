@@ -9,10 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BN_PLACEMENTS = ("none", "after_relu", "before_relu")
-
-
-ROW_NORMS = ("weight", "fan_in")
+from tsdyn.choices import BN_PLACEMENTS, ROW_NORMS
 
 
 class EnsembleBatchNorm(nn.Module):

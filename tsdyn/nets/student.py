@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+from tsdyn.choices import INIT_MODES
 from tsdyn.nets.networks import EnsembleNet
 
-INIT_MODES = ("default", "perturb", "same_dir", "same_sign", "gaussian_plus_teacher")
 
 
 def active_widths(net: EnsembleNet) -> list[int]:

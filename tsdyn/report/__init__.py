@@ -25,21 +25,34 @@ note in the table when the runs lack its data:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
-from matplotlib import rc_context
+BANDS = {"sd": "+- one standard deviation", "minmax": "min to max"}   # --band: the figures' bands
+# the report's API, imported when first used: numpy, torch and matplotlib load after --help has answered
+_LAZY = {"band": "aggregate", "group_runs": "aggregate", "DPI": "figures", "FIGURES": "figures",
+         "STYLE": "figures", "top_sorted": "figures"}
 
-from tsdyn.report.aggregate import BANDS, band, group_runs  # noqa: F401 - band: part of the report's API
-from tsdyn.report.figures import DPI, FIGURES, STYLE, top_sorted  # noqa: F401 - top_sorted: likewise
-from tsdyn.report.markdown import markdown
-from tsdyn.runfolder.reader import find_runs, newest_output
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, spread: str = "sd") -> Path:
     """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``),
     the figures' bands ``spread`` (``sd`` or ``minmax``, see :func:`band`); returns the path of
     ``report.md``."""
+    from matplotlib import rc_context
+
+    from tsdyn.report.aggregate import group_runs
+    from tsdyn.report.figures import DPI, FIGURES, STYLE
+    from tsdyn.report.markdown import markdown
+    from tsdyn.runfolder.reader import find_runs
+
     folder = Path(folder)
     runs = find_runs(folder)
     if not runs:
@@ -70,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--band", choices=list(BANDS), default="sd",
                         help="the figures' bands around the mean over seeds and students (default: sd)")
     args = parser.parse_args(argv)
+    from tsdyn.runfolder.reader import newest_output
+
     folder = args.folder or newest_output()
     if folder is None:
         print("tsdyn.report: no folder given and no run under outputs/runs or outputs/multiruns", file=sys.stderr)

@@ -15,7 +15,6 @@ from tsdyn.metrics.matching import recovery_rate
 from tsdyn.runfolder.reader import RunFolder
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
-BANDS = {"sd": "+- one standard deviation", "minmax": "min to max"}   # --band: the figures' bands
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]  # Okabe-Ito
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from tsdyn import keys
-from tsdyn.report.aggregate import (BANDS, LAYER_NOTE, Group, band, final_band, layers_of, specialization_rows,
+from tsdyn.report import BANDS
+from tsdyn.report.aggregate import (LAYER_NOTE, Group, band, final_band, layers_of, specialization_rows,
                                     teacher_block_fanout, teacher_block_wins)
 from tsdyn.report.figures import FIGURES
 
