@@ -71,6 +71,13 @@ def locked_by_another_process(folder: Path) -> Iterator[int]:
         holder.wait(timeout=30)
 
 
+def pytest_configure(config):
+    """Under ``-n N`` the tests of one ``xdist_group`` (those reading one module-scoped run) go to
+    one worker, which makes that run once; the other tests are balanced as under ``--dist load``."""
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
+
+
 @pytest.fixture
 def small_cfg(tmp_path):
     def make(*overrides: str) -> DictConfig:

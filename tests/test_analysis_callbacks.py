@@ -15,7 +15,6 @@ from tsdyn.config import ConfigError, validate
 from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run
 
-pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 LAYERS = range(4)
 FAST = ["data.n_train=4096", "data.n_eval=1024", "steps_per_call=16", "log_every_n_steps=32",
@@ -43,6 +42,8 @@ def fc_run(tmp_path_factory):
     return cfg, run_dir
 
 
+@pytest.mark.slow  # the end-to-end runs: make test-fast leaves them out
+@pytest.mark.xdist_group("fc_run")  # one worker makes the module's fc_run once
 def test_every_array_of_the_contract(fc_run):
     cfg, run_dir = fc_run
     ks_t, ks_s = [10, 15, 20, 25], [100, 150, 200, 250]
@@ -65,6 +66,8 @@ def test_every_array_of_the_contract(fc_run):
         assert theory[f"beta_layer{layer}"].shape == theory[f"h_layer{layer}"].shape == (1, ks + 1, ks + 1)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("fc_run")
 def test_fanout_and_drift_arrays_match_the_weights(fc_run):
     """Independent check: the final fan-out norms and drift recomputed with numpy from the
     checkpoint's weights and from the student's initial weights (rebuilt from its seed)."""
@@ -81,6 +84,8 @@ def test_fanout_and_drift_arrays_match_the_weights(fc_run):
                                    np.sqrt(((w - w0) ** 2).mean(1) / (w0 ** 2).mean(1)), rtol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("fc_run")
 def test_every_metric_key_of_the_contract(fc_run):
     cfg, run_dir = fc_run
     rows = read_metrics(run_dir)
@@ -103,6 +108,8 @@ def test_every_metric_key_of_the_contract(fc_run):
     assert prune["prune/fanout/loss_after"] > final_eval and prune["prune/random/loss_after"] > final_eval
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("fc_run")
 def test_luck_in_analysis_json_redrawn_from_the_arrays(fc_run):
     """The luck table recomputed with numpy from the saved correlation matrices."""
     cfg, run_dir = fc_run
@@ -134,6 +141,8 @@ def test_luck_in_analysis_json_redrawn_from_the_arrays(fc_run):
     assert analysis["drift"]["rel_mean"][3] == last["drift/layer3/rel_mean"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("fc_run")
 def test_wandb_run_holds_images_histograms_and_table(fc_run):
     cfg, run_dir = fc_run
     log = wandb_log(run_dir)
@@ -154,6 +163,7 @@ def test_wandb_run_holds_images_histograms_and_table(fc_run):
     assert row[5] == pytest.approx(float(load(run_dir, "fanout", 3)["fanout_layer2"][0, row[3]]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_batchnorm_run_records_biases_for_every_student(tmp_path):
     """BatchNorm in student and teacher, two students, one epoch (luck has only the init baseline);
     the default beta/H theory callback skips the BN nets (no theory section, no theory arrays)."""
@@ -205,6 +215,8 @@ def test_per_layer_layout():
                                          "teacher": {"frac_nonpositive": [1.0]}, "abs_mean": [3.0]}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("fc_run")
 def test_sparsity_recomputed_from_the_teacher(fc_run):
     """The teacher's active shares and co-activation recomputed with numpy from the teacher's own
     hidden activations on the evaluation inputs; the logged means are the arrays' means."""

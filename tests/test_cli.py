@@ -43,7 +43,6 @@ def test_console_scripts_name_callable_entry_points():
         assert callable(getattr(import_module(module), function)), target
 
 
-@pytest.mark.slow
 def test_bash_tab_completion_of_tsdyn_train(tmp_path):
     """Hydra's bash completion, installed as its README line says, completes ``tsdyn-train stu<TAB>``."""
     install_script(tmp_path, "tsdyn-train")
@@ -58,7 +57,6 @@ def test_bash_tab_completion_of_tsdyn_train(tmp_path):
     assert sorted(res.stdout.strip().splitlines()[-1].split()[1:]) == ["student.", "student="]
 
 
-@pytest.mark.slow  # writes a whole report / runs the command in a subprocess
 def test_help_lists_every_group_with_its_options_and_three_example_commands_that_compose(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tsdyn.train", "--help"], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=300)
@@ -130,7 +128,6 @@ def test_a_run_ends_by_naming_its_folder_and_commands_that_work_as_printed(tmp_p
     assert {p.name for p in (folder / "report").iterdir()} >= {"report.md", "curves.png", "curves.pdf"}
 
 
-@pytest.mark.slow  # writes a whole report / runs the command in a subprocess
 @pytest.mark.parametrize("module,config", [("tsdyn.pretrain_teacher", "pretrain"), ("tsdyn.bn_bias", "bn_bias")])
 def test_the_other_commands_help_names_real_options_and_examples_that_compose(module, config):
     res = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV, capture_output=True,

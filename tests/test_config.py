@@ -99,7 +99,6 @@ def _cli(*overrides, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow
 def test_cli_bad_value_one_line_before_any_work(tmp_path):
     res = _cli("student.width_mult=-2", tmp_path=tmp_path)
     assert res.returncode == 2
@@ -108,7 +107,6 @@ def test_cli_bad_value_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
-@pytest.mark.slow
 def test_cli_unknown_teacher_lists_choices(tmp_path):
     res = _cli("teacher=deep_randon", tmp_path=tmp_path)
     assert res.returncode != 0

@@ -109,7 +109,6 @@ def test_missing_files_message_names_folder_files_and_make_data(tmp_path):
         require_files("fashion_mnist", tmp_path)
 
 
-@pytest.mark.slow
 def test_cli_without_data_stops_before_training_with_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tsdyn.train", "teacher=conv", "data=fashion_mnist", "~callbacks.theory",
                           f"data.root={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/r"],

@@ -20,9 +20,10 @@ from tsdyn.train import run as train
 NOTEBOOK = ROOT / "docs" / "examples" / "main_job.ipynb"
 
 
-def hydra_run(run_dir: Path, *overrides: str) -> Path:
-    """A short run in-process, with the ``.hydra/`` files that ``python -m tsdyn.train`` would write."""
-    cfg = compose_cfg([*SMALL, *overrides], run_dir)
+def hydra_run(run_dir: Path, *overrides: str, base: list[str] = SMALL) -> Path:
+    """A short run in-process, with the ``.hydra/`` files that ``python -m tsdyn.train`` would write
+    (``base``: the overrides of a small run, node matching and the checkpoint only)."""
+    cfg = compose_cfg([*base, *overrides], run_dir)
     assert train(cfg, run_dir)["status"] == "completed"
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
@@ -36,6 +37,7 @@ def two_students(tmp_path_factory):
     return load_run(hydra_run(tmp_path_factory.mktemp("nb") / "run", "student.num_students=2"))
 
 
+@pytest.mark.xdist_group("two_students")  # one worker makes the module's two_students once
 def test_metrics_table_holds_the_runs_values(two_students):
     run = two_students
     final = run.summary["final"]
@@ -57,6 +59,7 @@ def test_epoch_table_keeps_each_epochs_last_value_and_reads_null_as_nan():
     assert list(table["step"]) == [0, 10]
 
 
+@pytest.mark.xdist_group("two_students")
 def test_nets_are_the_checkpoints_and_each_student_is_its_member(two_students):
     run = two_students
     x = run.eval_inputs()
@@ -73,6 +76,7 @@ def test_nets_are_the_checkpoints_and_each_student_is_its_member(two_students):
         np.testing.assert_allclose(corr.numpy(), saved[f"corr_layer{layer}"], atol=1e-6)
 
 
+@pytest.mark.xdist_group("two_students")
 def test_correlations_on_new_inputs_are_pearsons(two_students):
     run = two_students
     x = run.data.sample(700, run.teacher.d, torch.Generator().manual_seed(7))
@@ -92,6 +96,7 @@ def test_correlations_on_new_inputs_are_pearsons(two_students):
         assert np.nanmax(corr.numpy()) > 0.5
 
 
+@pytest.mark.xdist_group("two_students")
 def test_arrays_by_name_and_epoch(two_students):
     run = two_students
     assert run.array_names() == ["match"]
@@ -134,12 +139,9 @@ def test_import_tsdyn_is_light_and_the_api_lazy():
 def test_example_notebook_runs_on_a_short_main_job(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    res = subprocess.run([sys.executable, "-m", "tsdyn.train", *TINY, "epochs=2", "student.num_students=2",
-                          "logger=none", "callbacks.theory=null", f"hydra.run.dir={run_dir}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    # the run in this process (its command line is tests/test_cli.py's subject), every analysis but the theory
+    run_dir = hydra_run(tmp_path / "run", *TINY, "epochs=2", "student.num_students=2", "logger=none",
+                        "callbacks.theory=null", base=[])
     monkeypatch.setenv("TSDYN_RUN", str(run_dir))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -80,21 +80,34 @@ def numbers(cell: str) -> list[float]:
     return [float(x) for x in re.findall(r"-?\d+\.?\d*(?:e-?\d+)?", cell)]
 
 
-@pytest.fixture
-def synthetic(tmp_path):
+def synthetic_runs(folder: Path) -> tuple[Path, dict]:
+    """Five synthetic runs in ``folder`` (width 1: two seeds; width 2, teacher-initialised: two
+    seeds and one diverged) and their final values."""
     rng = np.random.default_rng(0)
     finals = {}
     for num, (width, seed, status) in enumerate([(1, 0, "completed"), (1, 1, "completed"), (2, 0, "completed"),
                                                  (2, 1, "completed"), (2, 2, "diverged")]):
         init = "perturb" if width == 2 else "default"
-        finals[num] = write_run(tmp_path / str(num), width, seed, rng, status, init=init)
-    return tmp_path, finals
+        finals[num] = write_run(folder / str(num), width, seed, rng, status, init=init)
+    return folder, finals
 
 
+@pytest.fixture
+def synthetic(tmp_path):
+    return synthetic_runs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory):
+    """The synthetic runs and the path of their default report (drawn once, read by several tests)."""
+    folder, finals = synthetic_runs(tmp_path_factory.mktemp("synthetic"))
+    return folder, finals, write_report(folder)
+
+
+@pytest.mark.xdist_group("synthetic_report")  # one worker makes the module's synthetic_report once
 @pytest.mark.slow  # draws and saves every figure
-def test_report_writes_every_figure_and_the_table_matches(synthetic):
-    folder, finals = synthetic
-    path = write_report(folder)
+def test_report_writes_every_figure_and_the_table_matches(synthetic_report):
+    folder, finals, path = synthetic_report
     out = path.parent
     for name in FIGURES:
         assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").exists(), name
@@ -111,10 +124,11 @@ def test_report_writes_every_figure_and_the_table_matches(synthetic):
     assert "| 4 | diverged | diverged at step 15 |" in md
 
 
+@pytest.mark.xdist_group("synthetic_report")
 @pytest.mark.slow  # draws and saves every figure
-def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic):
-    folder, _ = synthetic
-    md = write_report(folder).read_text()
+def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic_report):
+    folder, _, path = synthetic_report
+    md = path.read_text()
     rows = table_rows(md, "Who wins")
     assert list(rows) == ["width_mult 2"]          # the teacher-initialised group only
     shares = []
@@ -257,11 +271,12 @@ def section_rows(md: str, section: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")][1:]
 
 
+@pytest.mark.xdist_group("synthetic_report")
 @pytest.mark.slow  # writes a whole report / runs the command in a subprocess
-def test_specialization_and_teacher_block_fanout_tables(synthetic):
+def test_specialization_and_teacher_block_fanout_tables(synthetic_report):
     """Recomputed with numpy from the saved arrays of the completed runs (run 4 diverged)."""
-    folder, _ = synthetic
-    md = write_report(folder).read_text()
+    folder, _, path = synthetic_report
+    md = path.read_text()
     groups = {"width_mult 1": [0, 1], "width_mult 2": [2, 3]}
     spec = {(r[0], int(r[1])): r for r in section_rows(md, "Specialization")}
     fan = {(r[0], int(r[1])): r for r in section_rows(md, "Fan-out of the teacher-initialised")}
