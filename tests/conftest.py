@@ -71,22 +71,6 @@ def locked_by_another_process(folder: Path) -> Iterator[int]:
         holder.wait(timeout=30)
 
 
-def pytest_configure(config):
-    """Under ``-n N`` the tests of one ``xdist_group`` (those reading one module-scoped run) go to
-    one worker, which makes that run once; the other tests are balanced as under ``--dist load``.
-    The controller schedules by group; each worker (which parses the plain command line again)
-    is told to name its tests with their group (:func:`pytest_configure_node`)."""
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
-    if getattr(config, "workerinput", {}).get("loadgroup"):
-        config.option.loadgroup = True
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    node.workerinput["loadgroup"] = node.config.option.dist == "loadgroup"
-
-
 @pytest.fixture
 def small_cfg(tmp_path):
     def make(*overrides: str) -> DictConfig:

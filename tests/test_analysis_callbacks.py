@@ -43,7 +43,6 @@ def fc_run(tmp_path_factory):
 
 
 @pytest.mark.slow  # the end-to-end runs: make test-fast leaves them out
-@pytest.mark.xdist_group("fc_run")  # one worker makes the module's fc_run once
 def test_every_array_of_the_contract(fc_run):
     cfg, run_dir = fc_run
     ks_t, ks_s = [10, 15, 20, 25], [100, 150, 200, 250]
@@ -67,7 +66,6 @@ def test_every_array_of_the_contract(fc_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fc_run")
 def test_fanout_and_drift_arrays_match_the_weights(fc_run):
     """Independent check: the final fan-out norms and drift recomputed with numpy from the
     checkpoint's weights and from the student's initial weights (rebuilt from its seed)."""
@@ -85,7 +83,6 @@ def test_fanout_and_drift_arrays_match_the_weights(fc_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fc_run")
 def test_every_metric_key_of_the_contract(fc_run):
     cfg, run_dir = fc_run
     rows = read_metrics(run_dir)
@@ -109,7 +106,6 @@ def test_every_metric_key_of_the_contract(fc_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fc_run")
 def test_luck_in_analysis_json_redrawn_from_the_arrays(fc_run):
     """The luck table recomputed with numpy from the saved correlation matrices."""
     cfg, run_dir = fc_run
@@ -142,7 +138,6 @@ def test_luck_in_analysis_json_redrawn_from_the_arrays(fc_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fc_run")
 def test_wandb_run_holds_images_histograms_and_table(fc_run):
     cfg, run_dir = fc_run
     log = wandb_log(run_dir)
@@ -216,7 +211,6 @@ def test_per_layer_layout():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fc_run")
 def test_sparsity_recomputed_from_the_teacher(fc_run):
     """The teacher's active shares and co-activation recomputed with numpy from the teacher's own
     hidden activations on the evaluation inputs; the logged means are the arrays' means."""

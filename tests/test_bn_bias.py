@@ -34,7 +34,6 @@ def expected_shares(state):
     return [min(i + 1, b.numel()) / b.numel() for i, (_, b) in enumerate(bias_table(net))]
 
 
-@pytest.mark.xdist_group("bn_bias_state")  # one worker makes the module's bn_bias_state once
 @pytest.mark.slow
 def test_weights_file_table_and_figure(state, tmp_path):
     path = tmp_path / "weights.pth"
@@ -52,7 +51,6 @@ def test_weights_file_table_and_figure(state, tmp_path):
     assert (tmp_path / "fig" / "hist.png").stat().st_size > 10_000
 
 
-@pytest.mark.xdist_group("bn_bias_state")
 def test_weights_from_torch_hub_cache(state, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     url = torchvision.models.get_model_weights(MODEL).DEFAULT.url

@@ -37,7 +37,6 @@ def two_students(tmp_path_factory):
     return load_run(hydra_run(tmp_path_factory.mktemp("nb") / "run", "student.num_students=2"))
 
 
-@pytest.mark.xdist_group("two_students")  # one worker makes the module's two_students once
 def test_metrics_table_holds_the_runs_values(two_students):
     run = two_students
     final = run.summary["final"]
@@ -59,7 +58,6 @@ def test_epoch_table_keeps_each_epochs_last_value_and_reads_null_as_nan():
     assert list(table["step"]) == [0, 10]
 
 
-@pytest.mark.xdist_group("two_students")
 def test_nets_are_the_checkpoints_and_each_student_is_its_member(two_students):
     run = two_students
     x = run.eval_inputs()
@@ -76,7 +74,6 @@ def test_nets_are_the_checkpoints_and_each_student_is_its_member(two_students):
         np.testing.assert_allclose(corr.numpy(), saved[f"corr_layer{layer}"], atol=1e-6)
 
 
-@pytest.mark.xdist_group("two_students")
 def test_correlations_on_new_inputs_are_pearsons(two_students):
     run = two_students
     x = run.data.sample(700, run.teacher.d, torch.Generator().manual_seed(7))
@@ -96,7 +93,6 @@ def test_correlations_on_new_inputs_are_pearsons(two_students):
         assert np.nanmax(corr.numpy()) > 0.5
 
 
-@pytest.mark.xdist_group("two_students")
 def test_arrays_by_name_and_epoch(two_students):
     run = two_students
     assert run.array_names() == ["match"]

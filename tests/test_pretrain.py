@@ -62,7 +62,6 @@ def pretrained(images_root, tmp_path_factory):
     return cfg, pretrain(cfg, run_dir)
 
 
-@pytest.mark.xdist_group("pretrained")  # one worker makes the module's pretrained once
 def test_pretraining_learns_the_labels_and_keeps_the_best_epoch(images_root, pretrained):
     cfg, summary = pretrained
     data = instantiate(cfg.data)
@@ -151,7 +150,6 @@ def test_pretraining_config_errors(images_root, tmp_path, override, named):
         validate_pretrain(gaussian)
 
 
-@pytest.mark.xdist_group("pretrained")
 def test_students_on_the_pretrained_teacher_log_matching_accuracy_agreement(images_root, pretrained, tmp_path):
     _, teacher_summary = pretrained
     cfg = compose_cfg(["teacher=pretrained", f"teacher.checkpoint={teacher_summary['checkpoint']}",

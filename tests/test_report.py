@@ -104,7 +104,6 @@ def synthetic_report(tmp_path_factory):
     return folder, finals, write_report(folder)
 
 
-@pytest.mark.xdist_group("synthetic_report")  # one worker makes the module's synthetic_report once
 @pytest.mark.slow  # draws and saves every figure
 def test_report_writes_every_figure_and_the_table_matches(synthetic_report):
     folder, finals, path = synthetic_report
@@ -124,7 +123,6 @@ def test_report_writes_every_figure_and_the_table_matches(synthetic_report):
     assert "| 4 | diverged | diverged at step 15 |" in md
 
 
-@pytest.mark.xdist_group("synthetic_report")
 @pytest.mark.slow  # draws and saves every figure
 def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic_report):
     folder, _, path = synthetic_report
@@ -271,7 +269,6 @@ def section_rows(md: str, section: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines() if line.startswith("| ")][1:]
 
 
-@pytest.mark.xdist_group("synthetic_report")
 @pytest.mark.slow  # writes a whole report / runs the command in a subprocess
 def test_specialization_and_teacher_block_fanout_tables(synthetic_report):
     """Recomputed with numpy from the saved arrays of the completed runs (run 4 diverged)."""
