@@ -23,7 +23,7 @@ from tsdyn.runfolder.reader import read_metrics
 from tsdyn.resume import StopOnSignal, resumed_config
 from tsdyn.runfolder.paths import last_checkpoint
 from tsdyn.runfolder.state import check_resumable, continue_in
-from tsdyn.train import run
+from tsdyn.train import job, run
 
 pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
@@ -185,17 +185,30 @@ def _stored_run(folder: Path, status: str | None) -> Path:
     return folder
 
 
+def test_requeued_job_whose_run_completed_leaves_it_as_it_is(tmp_path, monkeypatch, capsys):
+    """SLURM's pre-emption signal can come after a run's last step: the requeued job then finds the
+    run completed, and must end without training, writing or failing."""
+    done = _stored_run(tmp_path / "done", None)
+    (done / "summary.json").write_text(json.dumps({"status": "completed", "final": {"match/layer0/mean_best": 0.75}}))
+    files = {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert job(compose_cfg(SMALL, done)) == 0.75
+    assert {p: p.read_bytes() for p in done.rglob("*") if p.is_file()} == files
+    assert "completed before this requeued job started: nothing left to do" in capsys.readouterr().err
+
+
 def test_run_folder_rules(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
-    assert continue_in(tmp_path / "new") is False
+    assert continue_in(tmp_path / "new") == "new"
     killed = _stored_run(tmp_path / "killed", None)  # killed hard: no summary
     with pytest.raises(ConfigError, match=r"^run_dir='.*killed' is not allowed: expected a folder without a run"):
         continue_in(killed)
     done = _stored_run(tmp_path / "done", "completed")
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job continues its unfinished run
-    assert continue_in(killed) is True
-    with pytest.raises(ConfigError, match="run_dir="):
+    with pytest.raises(ConfigError, match=r"^run_dir='.*done' is not allowed"):
         continue_in(done)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job continues its unfinished run
+    assert continue_in(killed) == "continue"
+    assert continue_in(done) == "done"              # ... and leaves a completed one as it is
 
     with pytest.raises(ConfigError, match=r"^resume='.*' is not allowed: expected a run folder"):
         check_resumable(tmp_path / "new")

@@ -64,7 +64,7 @@ def test_rewind_cuts_the_metrics_file_and_the_arrays_back_and_reloads_last(tmp_p
 
 
 def test_state_of_a_folder(tmp_path):
-    assert continue_in(tmp_path) is False and status(tmp_path) is None
+    assert continue_in(tmp_path) == "new" and status(tmp_path) is None
     Recorder(tmp_path).log(None, {"x": 1.0}, epoch=0)
     with pytest.raises(ConfigError, match="run_dir=.*resume="):
         continue_in(tmp_path)

@@ -24,24 +24,25 @@ from tsdyn.slurm import GONE, SqueueWatcher, set_threads
 from tsdyn.train import run
 
 # three tasks of the width preset, one CPU each (this node has 2): task 0 (width_mult 2) and task 2
-# (width_mult 1) train 3 short epochs of 128 steps, task 0 is pre-empted in its second epoch; task 1
+# (width_mult 1) train 3 short epochs of 512 steps, task 0 is pre-empted early in its first epoch (a
+# few seconds of training still ahead: the signal must not come after its last step); task 1
 # (width_mult 0) is refused, a failed task
 SWEEP = ["sweep=width", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "student.width_mult=2,0,1",
-         "student.num_students=1", "epochs=3", "data.n_train=8192", "data.n_eval=512", "steps_per_call=16",
+         "student.num_students=1", "epochs=3", "data.n_train=32768", "data.n_eval=512", "steps_per_call=16",
          "log_every_n_steps=16", "trainer.enable_progress_bar=false", "callbacks=minimal", "logger=wandb"]
 PREEMPTED = 0
 
 
 def run_sweep(env: dict[str, str], sweep_dir: Path) -> SimpleNamespace:
-    """The sweep through the cluster; task PREEMPTED gets USR2 once its second epoch has logged a
-    training loss (as SLURM's pre-emption, or the time limit through submitit, would)."""
+    """The sweep through the cluster; task PREEMPTED gets USR2 once it has logged its first training
+    loss (as SLURM's pre-emption, or the time limit through submitit, would)."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "tsdyn.train", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         run_dir = sweep_dir / str(PREEMPTED)
-        while not any(r["epoch"] >= 1 and "loss/train" in r for r in read_metrics(run_dir)):
-            assert proc.poll() is None and time.monotonic() < start + 300, "the task ended before its second epoch"
+        while not any("loss/train" in r for r in read_metrics(run_dir)):
+            assert proc.poll() is None and time.monotonic() < start + 300, "the task ended before it trained"
             time.sleep(0.05)
         array_id = next((sweep_dir / ".submitit").glob(f"*_{PREEMPTED}")).name.split("_")[0]
         subprocess.run(["scancel", "--signal=USR2", f"{array_id}_{PREEMPTED}"], env=env, check=True)

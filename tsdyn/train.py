@@ -23,7 +23,7 @@ from tsdyn.errors import Interrupted
 from tsdyn.multirun import in_multirun, multirun_job
 from tsdyn.runfolder.lock import RunLock
 from tsdyn.runfolder.paths import last_checkpoint
-from tsdyn.runfolder.state import continue_in, wall_time_parts
+from tsdyn.runfolder.state import continue_in, summary as stored_summary, wall_time_parts
 
 log = logging.getLogger("tsdyn")
 
@@ -126,7 +126,12 @@ def job(cfg: DictConfig) -> float | None:
             resume = True
         else:
             run_dir = Path(cfg.run_dir)
-            resume = continue_in(run_dir)
+            found = continue_in(run_dir)
+            if found == "done":
+                print(f"tsdyn: the run in {run_dir} completed before this requeued job started: "
+                      f"nothing left to do", file=sys.stderr)
+                return stored_summary(run_dir)["final"].get("match/layer0/mean_best")
+            resume = found == "continue"
     summary = run(cfg, run_dir, resume)
     print_match_table(summary)
     if not in_multirun():  # a multirun prints them once, for its folder (tsdyn.console.NextSteps)

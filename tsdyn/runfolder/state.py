@@ -41,14 +41,17 @@ def holds_run(folder: str | Path) -> bool:
     return (Path(folder) / METRICS).exists()
 
 
-def continue_in(folder: Path) -> bool:
-    """Whether a run started in ``folder`` (not by ``resume=``) continues a run found there: False
-    for a folder without one, True in a requeued SLURM job if that run is unfinished; any other
-    case is a :class:`~tsdyn.config.ConfigError` (an existing run is never overwritten)."""
+def continue_in(folder: Path) -> str:
+    """What a run started in ``folder`` (not by ``resume=``) does there: ``"new"`` in a folder without
+    a run; in a requeued SLURM job, ``"continue"`` an unfinished run found there, or ``"done"`` when
+    that run completed (the pre-emption signal came after its last step: nothing is left to do); any
+    other case is a :class:`~tsdyn.config.ConfigError` (an existing run is never overwritten)."""
     if not holds_run(folder):
-        return False
+        return "new"
     if requeued() and status(folder) in UNFINISHED:
-        return True
+        return "continue"
+    if requeued() and status(folder) == "completed":
+        return "done"
     fail("run_dir", str(folder), f"a folder without a run in it (to continue that run: "
                                  f"python -m tsdyn.train resume={folder})")
 
