@@ -99,16 +99,17 @@ def _add_(p: Tensor, g: Tensor, scale: Tensor | float) -> Tensor:
 
 def sgd_steps_(weights: list[Tensor], biases: list[Tensor], buffers: list[Tensor], xs: Tensor, ys: Tensor,
                lr: Tensor | float, loss_sum: Tensor, *, loss: str, output_relu: bool, momentum: float,
-               weight_decay: float, renormalize: str | None) -> Tensor:
+               weight_decay: float, renormalize: str | None) -> tuple[Tensor, Tensor]:
     """``k`` SGD steps in place, on batches ``xs`` ``[k, B, d]`` with targets ``ys`` ``[k, B, D]``:
     ``torch.optim.SGD``'s update (``g += wd p``; ``buf = momentum buf + g``; ``p -= lr buf``;
     ``buffers``: one per weight then per bias, unused without momentum), then each layer's rows
     normalised by :func:`~tsdyn.nets.normalize_rows` if ``renormalize``. Returns ``loss_sum``
-    ``[E]`` plus each step's per-member losses (a new tensor: CUDA graphs need an output)."""
+    ``[E]`` plus each step's per-member losses, added in order, and those losses ``[k, E]`` (new
+    tensors: CUDA graphs need outputs)."""
     single = weights[0].shape[0] == 1  # one member: 2-D views, the single-member kernels
     if single:
         weights, biases, buffers = [w[0] for w in weights], [b[0] for b in biases], [v[0] for v in buffers]
-    params = [*weights, *biases]
+    params, step_losses = [*weights, *biases], []
     for x, y in zip(xs.unbind(0), ys.unbind(0)):
         out, hidden = forward(weights, biases, x, output_relu)
         losses, dz = loss_and_grad(out.unsqueeze(0) if single else out, y, loss)
@@ -127,7 +128,8 @@ def sgd_steps_(weights: list[Tensor], biases: list[Tensor], buffers: list[Tensor
                 w.copy_(nw)
                 b.copy_(nb)
         loss_sum = loss_sum + losses
-    return loss_sum
+        step_losses.append(losses)
+    return loss_sum, torch.stack(step_losses)
 
 
 def unsupported(student, optimizer: torch.optim.Optimizer) -> str | None:
@@ -199,26 +201,25 @@ class FusedSGD:
         self._ready = False  # compiled already
         self.compile_seconds = 0.0
 
-    def __call__(self, xs: Tensor, ys: Tensor, loss_sum: Tensor) -> None:
-        """``xs`` ``[k, B, d]``, ``ys`` ``[k, B, D]``: k steps; their losses added to ``loss_sum`` ``[E]``."""
+    def __call__(self, xs: Tensor, ys: Tensor, loss_sum: Tensor) -> tuple[Tensor, Tensor]:
+        """``xs`` ``[k, B, d]``, ``ys`` ``[k, B, D]``: k steps. Returns ``loss_sum`` ``[E]`` plus the
+        steps' per-member losses, added in order, and those losses ``[k, E]``."""
         lr = self.optimizer.param_groups[0]["lr"]
         if self._compiled is None or xs.shape[0] != self.compile_steps:
-            loss_sum.copy_(self._step(self._weights, self._biases, self._buffers, xs, ys, lr, loss_sum))
-            return
+            return self._step(self._weights, self._biases, self._buffers, xs, ys, lr, loss_sum)
         args = (self._weights, self._biases, self._buffers, xs, ys,
                 torch.tensor(lr, dtype=xs.dtype, device=xs.device), loss_sum)
         if self._ready:
-            loss_sum.copy_(self._compiled(*args))
-            return
+            return self._compiled(*args)
         start = time.perf_counter()
         try:
-            total = self._compiled(*args)
+            result = self._compiled(*args)
         except Exception as err:  # noqa: BLE001 - no compiler, unsupported backend ...: run eagerly
             log.warning("tsdyn: compiling the fused step failed (%s: %s); running it uncompiled",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             self._compiled = None
             return self(xs, ys, loss_sum)
-        loss_sum.copy_(total)
         self._ready = True
         self.compile_seconds = time.perf_counter() - start
         log.info("tsdyn: fused step compiled in %.1f s", self.compile_seconds)
+        return result

@@ -189,23 +189,23 @@ class TeacherStudent(pl.LightningModule):
         step, i = step0, first
         try:
             while i < last:
-                # a fused chunk never crosses a log boundary (the loss is flushed where it would be);
                 # after a signal, one step only: training ends after the step under way, as without chunks
-                n = 1 if self.stop_signal is not None else \
-                    min(self._chunk, last - i, self.log_every - step % self.log_every)
-                self._take_steps(x[i * bs:(i + n) * bs], y[i * bs:(i + n) * bs], n, loss_sum)
+                n = 1 if self.stop_signal is not None else min(self._chunk, last - i)
+                total, losses = self._take_steps(x[i * bs:(i + n) * bs], y[i * bs:(i + n) * bs], n, loss_sum)
                 i, step = i + n, step + n
-                if step % self.log_every == 0:
-                    loss = self._flush_train_loss(step)
-                    self.log("loss", loss.mean().item(), prog_bar=True, logger=False)
+                if step % self.log_every >= n:  # no log boundary among these steps
+                    loss_sum.copy_(total)
+                else:
+                    self._add_losses(losses, step - n)
                 if self.stop_signal is not None:
                     raise Interrupted(self.stop_signal)
         finally:
             _advance_step_counter(self.trainer, step - step0)
 
-    def _take_steps(self, x: Tensor, y: Tensor, n: int, loss_sum: Tensor) -> None:
+    def _take_steps(self, x: Tensor, y: Tensor, n: int, loss_sum: Tensor) -> tuple[Tensor, Tensor]:
         """``n`` optimizer steps on the ``n`` consecutive batches of ``x`` ``[n * B, d]`` (targets ``y``
-        ``[n * B, D]``): one call of the fused step, or ``n`` = 1 autograd step."""
+        ``[n * B, D]``): one call of the fused step, or ``n`` = 1 autograd step. Returns ``loss_sum``
+        plus each step's per-member losses, added in order, and those losses ``[n, E]``."""
         if self._fused is not None:
             return self._fused(x.view(n, -1, x.shape[-1]), y.view(n, -1, y.shape[-1]), loss_sum)
         opt = self._opt
@@ -218,7 +218,18 @@ class TeacherStudent(pl.LightningModule):
         opt.step()
         if self.renormalize:
             renormalize_(self.student, self.renormalize)
-        loss_sum += losses.detach()
+        losses = losses.detach()
+        return loss_sum + losses, losses.unsqueeze(0)
+
+    def _add_losses(self, losses: Tensor, after: int) -> None:
+        """The per-member losses ``[n, E]`` of steps ``after + 1`` ... ``after + n`` added in order to the
+        training-loss sum, which is logged at every multiple of ``log_every_n_steps`` among them (a
+        fused chunk may span one: the record is the same as with one step per call)."""
+        for step, row in enumerate(losses.unbind(0), start=after + 1):
+            self._loss_sum += row
+            if step % self.log_every == 0:
+                loss = self._flush_train_loss(step)
+                self.log("loss", loss.mean().item(), prog_bar=True, logger=False)
 
     def on_train_start(self) -> None:
         # a resumed (or extended) run keeps the path its first part chose: the same arithmetic throughout
