@@ -81,6 +81,7 @@ def test_help_is_the_template_as_hydra_renders_it(capsys):
     assert cli.help_text(cfg) is None
 
 
+@pytest.mark.slow  # composes every job of every sweep preset twice (~5 s)
 def test_a_sweeps_jobs_composed_once_per_group_combination_equal_hydras_own():
     from tsdyn.sweeps import sweep_jobs
     # the preset's own axis (student.bn), one narrowed on the command line, a group axis, an addition

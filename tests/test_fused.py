@@ -152,6 +152,7 @@ def train_weights_and_metrics(cfg):
     return probe, module
 
 
+@pytest.mark.slow  # two 3-epoch runs per case
 @pytest.mark.parametrize("members", [1, 2])
 def test_fused_run_equals_autograd_run(small_cfg, tmp_path, members):
     """The real path: the same per-epoch metrics, with a learning-rate schedule, momentum and weight

@@ -195,6 +195,17 @@ def drawn(folder: Path, make):
     return groups, fig, [ax for ax in fig.axes if ax.get_visible()]
 
 
+def test_groups_ignore_seeds_and_keys_that_do_not_change_results(tmp_path):
+    for name, overrides in {"0": ["student.width_mult=1", "threads=1", "trainer.enable_progress_bar=False"],
+                            "1": ["student.width_mult=1", "student.seed=1", "trainer.enable_progress_bar=false"],
+                            "2": ["student.width_mult=2", "trainer.accelerator=cpu"]}.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    groups = group_runs(find_runs(tmp_path))
+    assert [(g.label, [r.path.name for r in g.runs]) for g in groups] == \
+        [("width_mult 1", ["0", "1"]), ("width_mult 2", ["2"])]
+
+
 def test_curves_figure_is_paper_ready(synthetic):
     groups, fig, axes = drawn(synthetic[0], fig_curves)
     layer_axes = axes[:len(KT)]

@@ -35,15 +35,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from tsdyn.config import exit_on_config_error, fail
 from tsdyn.module import Interrupted, TeacherStudent
 from tsdyn.runfolder.paths import HYDRA, METRICS, SUMMARY, last_checkpoint
+from tsdyn.runfolder.reader import RUN_ONLY_KEYS
 from tsdyn.runfolder.state import check_resumable, continue_in, requeued, status, wall_time_parts
 from tsdyn.runfolder.writer import Recorder, atomic_write_text
 
-# Overrides a resumed run accepts: they change how it runs, not what it computes (a different
-# accelerator changes float rounding only), and ``epochs`` (an unfinished run's: not fewer; a
-# completed run's: more, which extends it: tsdyn.runfolder.state.check_resumable). Any other
-# override is refused.
-RESUME_OVERRIDES = ("resume", "epochs", "threads", "trainer.enable_progress_bar", "trainer.accelerator",
-                    "trainer.devices")
+# Overrides a resumed run accepts: those that change how it runs, not what it computes, and
+# ``epochs`` (an unfinished run's: not fewer; a completed run's: more, which extends it:
+# tsdyn.runfolder.state.check_resumable). Any other override is refused.
+RESUME_OVERRIDES = ("resume", "epochs", *RUN_ONLY_KEYS)
 
 
 def overridden_keys(overrides: Sequence[str]) -> list[str]:

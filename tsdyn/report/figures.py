@@ -60,10 +60,11 @@ def plot_band(ax, x, stats: np.ndarray, color, style: str = "-", marker: str | N
 
 
 def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) -> None:
-    """One legend for the figure, below the panels: a line per group, plus ``(style, text)`` extras."""
+    """One legend for the figure, below the panels: a line per group, plus ``(style, text)`` extras
+    (drawn grey: a group's colour may be black)."""
     handles = [Line2D([], [], color=g.color, lw=2) for g in groups]
     labels = [g.label + ("" if g.completed or not g.runs else " (no completed run)") for g in groups]
-    handles += [Line2D([], [], color="k", ls=style) for style, _ in extra]
+    handles += [Line2D([], [], color="0.55", ls=style) for style, _ in extra]
     labels += [text for _, text in extra]
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), frameon=False)
 

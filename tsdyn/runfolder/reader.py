@@ -22,6 +22,9 @@ from tsdyn import keys
 from tsdyn.runfolder.paths import ANALYSIS, HYDRA, METRICS, SUMMARY, array_epochs, arrays_file, is_run_folder
 
 SEED_KEY = re.compile(r"(^|\.)seed$")  # a config key, not a metric key
+# config keys that change how a run runs, not what it computes (a different accelerator changes
+# float rounding only): a resumed run accepts them, the report's groups ignore them
+RUN_ONLY_KEYS = ("threads", "trainer.enable_progress_bar", "trainer.accelerator", "trainer.devices")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -140,9 +143,10 @@ class RunFolder:
         return self._arrays[name, epoch]
 
     def group_key(self) -> tuple[tuple[str, str], ...]:
-        """The run's overrides without the seed keys (``student.seed``, ``data.seed`` ...): runs that
-        differ in seeds only are trials of one setting."""
-        return tuple(sorted((k, v) for k, v in self.overrides.items() if not SEED_KEY.search(k)))
+        """The run's overrides without the seed keys (``student.seed``, ``data.seed`` ...) and the
+        :data:`RUN_ONLY_KEYS`: runs that differ in these only are trials of one setting."""
+        return tuple(sorted((k, v) for k, v in self.overrides.items()
+                            if not SEED_KEY.search(k) and k not in (*RUN_ONLY_KEYS, "resume")))
 
 
 def find_runs(folder: str | Path) -> list[RunFolder]:
