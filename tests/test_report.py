@@ -165,6 +165,8 @@ def test_value_labels_and_sorted_blocks():
     assert value_label({"student.bn": "none", "teacher.bn": "after_relu", "epochs": "3"}) == \
         "student.bn none, teacher.bn after_relu, epochs 3"
     assert value_label({}) == "all runs"
+    assert value_label({"student": "{init:perturb,perturb_std:0.1}"}) == "init perturb, perturb_std 0.1"
+    assert value_label({"teacher": "{ks:[50,75,100,125]}", "student.bn": "none"}) == "ks [50, 75, 100, 125], bn none"
     assert sorted_blocks(np.array([3.0, 1.0, 2.0, 5.0, 4.0]), 2).tolist() == [3.0, 1.0, 5.0, 4.0, 2.0]
     assert sorted_blocks(np.array([3.0, 1.0, 2.0]), 0).tolist() == [3.0, 2.0, 1.0]
 

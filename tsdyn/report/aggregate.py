@@ -38,10 +38,24 @@ class Group:
 
 def value_label(values: dict[str, str]) -> str:
     """``{"student.width_mult": "5", "teacher.d_out": "20"}`` -> ``"width_mult 5, d_out 20"``: each
-    key by its last part, or in full where two keys share that part; ``"all runs"`` when empty."""
+    key by its last part, or in full where two keys share that part; a value that sets several keys
+    of a group (``{"student": "{init:perturb,perturb_std:0.1}"}``) by its entries (``"init perturb,
+    perturb_std 0.1"``); ``"all runs"`` when empty."""
+    values = {k: v for key, value in values.items() for k, v in override_entries(key, value).items()}
     last = [k.rsplit(".", 1)[-1] for k in values]
     return ", ".join(f"{k if last.count(short) > 1 else short} {v}"
                      for (k, v), short in zip(values.items(), last)) or "all runs"
+
+
+def override_entries(key: str, value: str) -> dict[str, str]:
+    """``("student", "{init:perturb,perturb_std:0.1}")`` -> ``{"student.init": "perturb",
+    "student.perturb_std": "0.1"}`` (Hydra's dict-valued override, parsed by Hydra's own grammar);
+    any other value as it is, ``{key: value}``."""
+    if not (value.startswith("{") and value.endswith("}")):
+        return {key: value}
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parsed = OverridesParser.create().parse_override(f"{key}={value}").value()
+    return {f"{key}.{k}": str(v) for k, v in parsed.items()}
 
 
 def colors(n: int) -> list:
