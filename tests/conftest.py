@@ -1,6 +1,7 @@
 """Shared test helpers: compose the real Hydra config with overrides and a tmp run folder."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,12 +11,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import omegaconf.omegaconf
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class _ParsedOnce:
+    """``yaml`` as ``OmegaConf.load`` uses it, each text parsed once: Hydra parses every file of the
+    config tree again at each composition (a fifth of its ~0.2 s), and the tests compose hundreds of
+    times. The same text gives the same objects; each caller gets its own copy."""
+
+    def __init__(self):
+        self._parsed: dict[str, object] = {}
+
+    def __getattr__(self, name):
+        return getattr(yaml, name)
+
+    def load(self, stream, Loader):  # noqa: N803 - yaml's own keyword
+        text = stream if isinstance(stream, str) else stream.read()
+        if text not in self._parsed:
+            self._parsed[text] = yaml.load(text, Loader=Loader)
+        return copy.deepcopy(self._parsed[text])
+
+
+omegaconf.omegaconf.yaml = _ParsedOnce()
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("WANDB_MODE", "offline")
