@@ -48,10 +48,12 @@ def continue_in(folder: Path) -> str:
     other case is a :class:`~tsdyn.config.ConfigError` (an existing run is never overwritten)."""
     if not holds_run(folder):
         return "new"
-    if requeued() and status(folder) in UNFINISHED:
-        return "continue"
-    if requeued() and status(folder) == "completed":
-        return "done"
+    if requeued():
+        found = status(folder)
+        if found in UNFINISHED:
+            return "continue"
+        if found == "completed":
+            return "done"
     fail("run_dir", str(folder), f"a folder without a run in it (to continue that run: "
                                  f"python -m tsdyn.train resume={folder})")
 
