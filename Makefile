@@ -23,11 +23,11 @@ train: $(STAMP)
 	$(PY) -m tsdyn.train $(ARGS)
 
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 -q $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist worksteal -q $(ARGS)
 
 # the edit-test loop: unit tests and short runs, the end-to-end runs marked slow left out
 test-fast: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2 -q -m "not slow and not slurm" $(ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist worksteal -q -m "not slow and not slurm" $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)  # active OpenMP waits: PASSIVE slows 2-thread small matmuls ~3x

@@ -136,3 +136,10 @@ def slurm_cluster() -> dict[str, str]:
     finally:
         slurm_cluster.down(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    """The SLURM run, then the other end-to-end runs (marked slow), then the rest: the long tests start
+    first on the workers and the short ones fill in behind them, instead of one long test ending the
+    suite alone (stable: each group keeps its order)."""
+    items.sort(key=lambda item: (item.get_closest_marker("slurm") is None, item.get_closest_marker("slow") is None))

@@ -1,12 +1,10 @@
-"""Real, tiny Hydra multiruns of ``python -m tsdyn.train -m`` in a subprocess (the CLI path)."""
+"""Real, tiny Hydra multiruns of ``python -m tsdyn.train -m`` as a command (the CLI path)."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.cli import tsdyn_train
 
 # seconds per job: a small training set, one thread, no progress bar
 TINY = ["data.n_train=2048", "data.n_eval=512", "steps_per_call=16", "log_every_n_steps=16",
@@ -15,7 +13,4 @@ TINY = ["data.n_train=2048", "data.n_eval=512", "steps_per_call=16", "log_every_
 
 def multirun(sweep_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m tsdyn.train -m <TINY> <overrides>`` writing its jobs under ``sweep_dir``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "tsdyn.train", "-m", *TINY, *overrides,
-                           f"hydra.sweep.dir={sweep_dir}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return tsdyn_train("-m", *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}", timeout=timeout)

@@ -1,15 +1,13 @@
 """``python -m tsdyn.bn_bias``: per-layer share of BatchNorm biases <= 0 of a torchvision model whose
 weights the test writes itself (never downloaded)."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torchvision
 from rich.console import Console
 
-from tests.conftest import ROOT
+from tests import cli
 from tsdyn.bn_bias import bias_table, load_model, report
 from tsdyn.config import ConfigError
 
@@ -70,8 +68,7 @@ def test_model_without_bn_or_unknown_is_refused():
 @pytest.mark.slow
 def test_cli_without_weights_says_where_to_put_them(tmp_path):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "tsdyn.bn_bias", f"model={MODEL}", f"hydra.run.dir={tmp_path}/out"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    res = cli.run(["-m", "tsdyn.bn_bias", f"model={MODEL}", f"hydra.run.dir={tmp_path}/out"], env, timeout=120)
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     file_name = torchvision.models.get_model_weights(MODEL).DEFAULT.url.rsplit("/", 1)[-1]

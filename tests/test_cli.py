@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests import cli
 from tests.conftest import CONF, ROOT, compose_cfg
 from tests.multiruns import TINY
 from tsdyn.config import validate
@@ -58,8 +59,7 @@ def test_bash_tab_completion_of_tsdyn_train(tmp_path):
 
 
 def test_help_lists_every_group_with_its_options_and_three_example_commands_that_compose(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "tsdyn.train", "--help"], cwd=ROOT, env=ENV, capture_output=True,
-                         text=True, timeout=300)
+    res = cli.interpreter(["-m", "tsdyn.train", "--help"], ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.splitlines()
     assert len(lines) < 40
@@ -108,9 +108,8 @@ def test_newest_output_is_the_latest_run_or_multirun(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_ends_by_naming_its_folder_and_commands_that_work_as_printed(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "tsdyn.train", *TINY, "epochs=1", "callbacks=minimal",
-                          "logger=wandb", "trainer.enable_progress_bar=true"],
-                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    res = cli.run(["-m", "tsdyn.train", *TINY, "epochs=1", "callbacks=minimal", "logger=wandb",
+                   "trainer.enable_progress_bar=true"], ENV, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     for quiet in ("anonymous setting", "GPU available", "TPU available"):   # known-harmless notices
         assert quiet not in res.stderr + res.stdout, quiet
@@ -122,16 +121,14 @@ def test_a_run_ends_by_naming_its_folder_and_commands_that_work_as_printed(tmp_p
     assert sync[:2] == ["wandb", "sync"] and len(glob.glob(str(tmp_path / sync[2]))) == 1   # the offline run
     report = shlex.split(lines[2].split(": ", 1)[1])
     assert report[:3] == ["python", "-m", "tsdyn.report"]
-    res = subprocess.run([sys.executable, *report[1:]], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                         timeout=300)
+    res = cli.run(report[1:], ENV, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p.name for p in (folder / "report").iterdir()} >= {"report.md", "curves.png", "curves.pdf"}
 
 
 @pytest.mark.parametrize("module,config", [("tsdyn.pretrain_teacher", "pretrain"), ("tsdyn.bn_bias", "bn_bias")])
 def test_the_other_commands_help_names_real_options_and_examples_that_compose(module, config):
-    res = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV, capture_output=True,
-                         text=True, timeout=300)
+    res = cli.interpreter(["-m", module, "--help"], ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.splitlines()
     assert len(lines) < 30

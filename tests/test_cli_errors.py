@@ -2,11 +2,10 @@
 override Hydra cannot parse or a bad value is one line on stderr, exit status 2, naming the key and
 what is allowed; valid commands pass untouched; the light path never imports torch."""
 import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.cli import interpreter
 from tests.conftest import ROOT
 from omegaconf import OmegaConf
 
@@ -132,7 +131,7 @@ def test_the_light_path_imports_no_torch():
             "check_command_line('train', ['student.width_mult=5', 'callbacks.matching.thresholds=[0.9]'], check_values)\n"
             "assert tsdyn.sweeps.main(['sweep=width']) == 0\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    res = interpreter(["-c", code], ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.splitlines()[-1] == "[]", res.stdout[-500:]
 
@@ -145,7 +144,7 @@ def test_known_harmless_notices_are_hidden_and_others_are_not():
             "log = logging.getLogger('torch.utils.cpp_extension')\n"
             "log.warning(\"No CUDA runtime is found, using CUDA_HOME='%s'\", '/usr/local')\n"
             "log.warning('control notice two')\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    res = interpreter(["-c", code], ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "control notice one" in res.stderr and "control notice two" in res.stderr
     assert "srun" not in res.stderr and "CUDA_HOME" not in res.stderr
@@ -159,8 +158,7 @@ def test_known_harmless_notices_are_hidden_and_others_are_not():
     ("tsdyn.sweeps", ["sweep=width", "student.widht_mult=5"], "did you mean student.width_mult?"),
 ])
 def test_commands_answer_one_line_without_torch(module, argv, says):
-    res = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *argv], cwd=ROOT, env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    res = interpreter(["-X", "importtime", "-m", module, *argv], ENV)
     assert res.returncode == 2
     imported = [x.split("|")[-1].strip() for x in res.stderr.splitlines() if x.startswith("import time:")]
     lines = [x for x in res.stderr.splitlines() if not x.startswith("import time:")]

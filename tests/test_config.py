@@ -1,11 +1,10 @@
 """Every config group option composes and instantiates; bad values fail early, naming the key."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, ROOT, compose_cfg
+from tests.cli import interpreter
+from tests.conftest import CONF, compose_cfg
 from tsdyn.config import ConfigError, validate
 from tsdyn.build import build
 
@@ -95,8 +94,7 @@ def test_bad_value_names_key_and_value(override, named, tmp_path):
 
 
 def _cli(*overrides, tmp_path):
-    return subprocess.run([sys.executable, "-m", "tsdyn.train", *overrides, f"hydra.run.dir={tmp_path}/r"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return interpreter(["-m", "tsdyn.train", *overrides, f"hydra.run.dir={tmp_path}/r"])
 
 
 def test_cli_bad_value_one_line_before_any_work(tmp_path):

@@ -1,14 +1,13 @@
 """Image data through torchvision's real loaders on small files written in the real formats; the
 augmentation, the missing-data error and the teacher/data input checks."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torchvision import datasets
 
-from tests.conftest import ROOT, compose_cfg
+from tests.cli import interpreter
+from tests.conftest import compose_cfg
 from tests.test_config import IMAGE_OPTIONS
 from tests.image_files import write_cifar10, write_mnist
 from tsdyn.config import ConfigError, validate
@@ -110,9 +109,8 @@ def test_missing_files_message_names_folder_files_and_make_data(tmp_path):
 
 
 def test_cli_without_data_stops_before_training_with_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "tsdyn.train", "teacher=conv", "data=fashion_mnist", "~callbacks.theory",
-                          f"data.root={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/r"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = interpreter(["-m", "tsdyn.train", "teacher=conv", "data=fashion_mnist", "~callbacks.theory",
+                       f"data.root={tmp_path}/nothing", f"hydra.run.dir={tmp_path}/r"])
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("tsdyn: config error: data.root=")

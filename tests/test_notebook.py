@@ -1,8 +1,6 @@
 """The notebook API (tsdyn.notebook) on short real runs, and the example notebook executed end to end."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 
 import tsdyn
+from tests.cli import interpreter
 from tests.conftest import ROOT, SMALL, compose_cfg
 from tests.multiruns import TINY
 from tsdyn.notebook import epoch_table, load_run, load_runs
@@ -124,7 +123,8 @@ def test_load_runs_one_row_group_per_job_with_the_swept_key(tmp_path):
 
 def test_import_tsdyn_is_light_and_the_api_lazy():
     code = "import sys, tsdyn; print(sorted({'torch', 'pandas', 'tsdyn.notebook'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    out = interpreter(["-c", code])
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
     assert tsdyn.load_run is load_run and tsdyn.load_runs is load_runs
     with pytest.raises(AttributeError, match="no attribute 'nope'"):

@@ -4,8 +4,6 @@ import copy
 import json
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from tests import cli
 from tests.conftest import CONF, ROOT, compose_cfg
 from tests.image_files import learnable_images, write_mnist
 from tsdyn.config import ConfigError
@@ -192,14 +191,12 @@ def test_the_printed_student_command_trains_as_printed(images_root, tmp_path):
     same folder), it trains students that learn the teacher, no divergence."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     small = [f"data.root={images_root}", *SMALL_TEACHER[1:], "epochs=1", "threads=1"]
-    res = subprocess.run([sys.executable, "-m", "tsdyn.pretrain_teacher", "teacher=conv", "data=fashion_mnist", *small],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = cli.run(["-m", "tsdyn.pretrain_teacher", "teacher=conv", "data=fashion_mnist", *small], env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     printed = res.stdout.strip().splitlines()[-1].split("train students on it: ", 1)[1]
     words = shlex.split(printed)
     assert words[:4] == ["python", "-m", "tsdyn.train", "experiment=fashion_mnist_student"]
-    res = subprocess.run([sys.executable, *words[1:]],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    res = cli.run(words[1:], env, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = find_runs(tmp_path / "outputs" / "runs")
     assert run.status == "completed" and run.summary["epochs"] == 2

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT, SMALL, compose_cfg
+from tests.cli import ENV, Command, tsdyn_train
+from tests.conftest import SMALL, compose_cfg
 from tsdyn.config import ConfigError
 from tsdyn.runfolder.paths import WANDB_ID as WANDB_ID_FILE
 from tsdyn.module import Interrupted
@@ -27,13 +27,6 @@ from tsdyn.train import job, run
 
 pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-       "WANDB_SILENT": "true"}
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tsdyn.train", *args], cwd=ROOT, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -55,7 +48,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
 def test_divergence_keeps_metrics_and_last_good_checkpoint_and_exits_3(tmp_path):
     run_dir = tmp_path / "run"
     # epoch 0 trains normally; from epoch 1 on a learning rate of 1000 blows the weights up
-    res = cli(*SMALL, "logger=wandb", "optimizer.lr_schedule={1: 1000.0}", f"hydra.run.dir={run_dir}")
+    res = tsdyn_train(*SMALL, "logger=wandb", "optimizer.lr_schedule={1: 1000.0}", f"hydra.run.dir={run_dir}")
     assert res.returncode == 3, res.stderr[-2000:]
     assert "diverged (non-finite loss) at step 96" in res.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -82,17 +75,15 @@ INTERRUPT = ["data.n_train=32768", "data.n_eval=512", "epochs=3", "steps_per_cal
 
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     run_dir, reference = tmp_path / "run", tmp_path / "reference"
-    proc = subprocess.Popen([sys.executable, "-m", "tsdyn.train", *INTERRUPT, "logger=wandb",
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = Command(["-m", "tsdyn.train", *INTERRUPT, "logger=wandb", f"hydra.run.dir={run_dir}"], ENV)
     deadline = time.monotonic() + 120
     while not any(r["epoch"] >= 1 and "loss/train" in r for r in read_metrics(run_dir)):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before epoch 1"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert f"resume={run_dir}" in err
+    proc.wait(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert f"resume={run_dir}" in proc.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = torch.load(last_checkpoint(run_dir), weights_only=False, map_location="cpu")
     assert summary["status"] == "interrupted" and summary["steps"] == ckpt["global_step"]
@@ -101,14 +92,14 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
 
     # the folder holds a run: a fresh run may not write into it, not even Hydra's config files
     stored = (run_dir / ".hydra" / "config.yaml").read_bytes()
-    res = cli(*INTERRUPT, "epochs=1", f"hydra.run.dir={run_dir}")
+    res = tsdyn_train(*INTERRUPT, "epochs=1", f"hydra.run.dir={run_dir}")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"tsdyn: config error: run_dir='{run_dir}' is not allowed: expected a folder without a run in it "
         f"(to continue that run: python -m tsdyn.train resume={run_dir})"]
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == stored
 
-    res = cli(f"resume={run_dir}", "trainer.enable_progress_bar=false")
+    res = tsdyn_train(f"resume={run_dir}", "trainer.enable_progress_bar=false")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == stored
@@ -265,7 +256,7 @@ def test_wandb_online_without_login_and_unwritable_home_never_blocks(tmp_path):
     home.write_text("")  # HOME is a file: nothing can be written under it
     env = {k: v for k, v in ENV.items() if k not in ("WANDB_API_KEY", "NETRC", "WANDB_CONFIG_DIR")}
     env.update(HOME=str(home), WANDB_MODE="online", WANDB_SILENT="false")
-    res = cli(*SMALL, "epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=120)
+    res = tsdyn_train(*SMALL, "epochs=1", "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout + res.stderr
     assert out.count("W&B could not start") == 1 and "not logged in" in out

@@ -2,15 +2,14 @@
 checkpoint to epoch N and ends as an uninterrupted N-epoch run of the same config would."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tests.conftest import ROOT, SMALL, compose_cfg, locked_by_another_process, wandb_offline_log
+from tests.cli import tsdyn_train
+from tests.conftest import SMALL, compose_cfg, locked_by_another_process, wandb_offline_log
 from tsdyn import fused
 from tsdyn.config import ConfigError
 from tsdyn.resume import extend_run_folder, resumed_config
@@ -23,8 +22,6 @@ from tsdyn.train import run
 # saw at the start, the theory (every 20 epochs) and the end-of-run results are measured at each end
 EXTEND = ["data.n_train=2000", "data.n_eval=512", "steps_per_call=16", "log_every_n_steps=8",
           "trainer.enable_progress_bar=false", "logger=none", "callbacks=default"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-       "WANDB_SILENT": "true"}
 
 
 def started(overrides: list[str], run_dir: Path) -> DictConfig:
@@ -175,23 +172,18 @@ def test_a_folder_in_use_is_not_extended(tmp_path):
     assert (done / HYDRA / "config.yaml").read_bytes() == config  # refused before anything was written
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tsdyn.train", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_cli_extends_a_completed_run_and_refuses_no_more_epochs(tmp_path):
     run_dir = tmp_path / "run"
-    assert cli(*SMALL, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
+    assert tsdyn_train(*SMALL, "epochs=1", f"hydra.run.dir={run_dir}").returncode == 0
     config = (run_dir / HYDRA / "config.yaml").read_bytes()
-    res = cli(f"resume={run_dir}", "epochs=1")
+    res = tsdyn_train(f"resume={run_dir}", "epochs=1")
     assert (res.returncode, res.stderr.strip().splitlines()) == (2, [
         f"tsdyn: config error: epochs=1 is not allowed: expected more than the 1 epochs the completed run in "
         f"{run_dir} ran"])
     assert (run_dir / HYDRA / "config.yaml").read_bytes() == config
 
-    res = cli(f"resume={run_dir}", "epochs=2")
+    res = tsdyn_train(f"resume={run_dir}", "epochs=2")
     assert res.returncode == 0, res.stderr[-2000:]
     saved = read_json(run_dir / SUMMARY)
     assert (saved["status"], saved["epochs"], saved["steps"]) == ("completed", 2, 128)

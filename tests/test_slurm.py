@@ -5,9 +5,7 @@ task is recorded in its folder while the others complete; a task pre-empted with
 run; the W&B group spans the tasks; no sacct warning on a cluster without accounting. Plus the
 pieces that need no cluster (squeue parsing, threads from SLURM)."""
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import ROOT
+from tests.cli import Command
 from tests.test_reliability import assert_same_run
 from tsdyn.report import main as report
 from tsdyn.runfolder.reader import find_runs, read_metrics
@@ -37,8 +35,7 @@ def run_sweep(env: dict[str, str], sweep_dir: Path) -> SimpleNamespace:
     """The sweep through the cluster; task PREEMPTED gets USR2 once it has logged its first training
     loss (as SLURM's pre-emption, or the time limit through submitit, would)."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "tsdyn.train", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = Command(["-m", "tsdyn.train", *SWEEP, f"hydra.sweep.dir={sweep_dir}"], env, merge_stderr=True)
     try:
         run_dir = sweep_dir / str(PREEMPTED)
         while not any("loss/train" in r for r in read_metrics(run_dir)):
@@ -46,10 +43,9 @@ def run_sweep(env: dict[str, str], sweep_dir: Path) -> SimpleNamespace:
             time.sleep(0.05)
         array_id = next((sweep_dir / ".submitit").glob(f"*_{PREEMPTED}")).name.split("_")[0]
         subprocess.run(["scancel", "--signal=USR2", f"{array_id}_{PREEMPTED}"], env=env, check=True)
-        output, _ = proc.communicate(timeout=400)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.wait(timeout=400)
+    output = proc.stdout
     print(f"\n$ python -m tsdyn.train {' '.join(SWEEP)} hydra.sweep.dir={sweep_dir}\n{output}"
           f"(exit {proc.returncode}, {time.monotonic() - start:.0f} s)")
     return SimpleNamespace(dir=sweep_dir, returncode=proc.returncode, output=output, array_id=array_id,
