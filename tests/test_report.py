@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 import yaml
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,6 +18,7 @@ from tsdyn import plots
 from tsdyn.report import FIGURES, band, main, top_sorted, write_report
 from tsdyn.report.aggregate import PALETTE, group_runs, value_label
 from tsdyn.report.figures import DPI, STYLE, fig_curves, fig_fanout_nodes, sorted_blocks
+from tsdyn.report.markdown import markdown
 from tsdyn.runfolder.reader import find_runs, read_metrics
 
 KT = [3, 4]          # teacher hidden widths of the synthetic runs (layer 0 lowest)
@@ -97,11 +99,19 @@ def synthetic(tmp_path):
     return synthetic_runs(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def synthetic_report(tmp_path_factory):
-    """The synthetic runs and the path of their default report (drawn once, read by several tests)."""
-    folder, finals = synthetic_runs(tmp_path_factory.mktemp("synthetic"))
-    return folder, finals, write_report(folder)
+@pytest.fixture(scope="session")
+def synthetic_report(tmp_path_factory, worker_id):
+    """The synthetic runs and the path of their default report, drawn once per test session (~8 s):
+    under xdist by the first worker to need it, in the folder the workers share, while the others wait."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent
+    folder, path = shared / "synthetic", shared / "synthetic" / "report" / "report.md"
+    with FileLock(shared / "synthetic.lock"):
+        if not path.exists():
+            synthetic_runs(folder)
+            write_report(folder)
+    _, finals = synthetic_runs(tmp_path_factory.mktemp("synthetic"))  # the same values (one seed), computed here
+    return folder, finals, path
 
 
 @pytest.mark.slow  # draws and saves every figure
@@ -242,13 +252,15 @@ def test_fanout_figure_sorts_each_block(synthetic):
     assert sorted(axes[3].lines[-2].get_ydata()) == pytest.approx(sorted(fan))
 
 
-@pytest.mark.slow  # writes a whole report / runs the command in a subprocess
-def test_report_files_are_200_dpi_png_and_pdf(synthetic):
-    folder, _ = synthetic
-    out = write_report(folder, spread="minmax").parent
-    assert DPI == 200 and png_dpi(out / "curves.png") == pytest.approx(200, abs=0.1)
-    assert (out / "curves.pdf").read_bytes().startswith(b"%PDF")
-    assert "band: min to max" in (out / "report.md").read_text()
+@pytest.mark.slow  # reads the whole report
+def test_report_files_are_200_dpi_png_and_pdf(synthetic_report):
+    out = synthetic_report[2].parent
+    for name in FIGURES:
+        assert DPI == 200 and png_dpi(out / f"{name}.png") == pytest.approx(200, abs=0.1), name
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name
+    assert "band: +- one standard deviation" in (out / "report.md").read_text()
+    folder = synthetic_report[0]
+    assert "band: min to max" in markdown(folder, group_runs(find_runs(folder)), ["curves"], {}, "minmax")
 
 
 @pytest.mark.slow

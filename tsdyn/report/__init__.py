@@ -67,8 +67,9 @@ def write_report(folder: str | Path, out: str | Path | None = None, spread: str 
             if fig is None:
                 skipped[name] = reason
                 continue
-            for ext in ("png", "pdf"):
-                fig.savefig(out / f"{name}.{ext}", dpi=DPI, bbox_inches="tight", pad_inches=0.05)
+            for ext in ("png", "pdf"):   # the constrained layout keeps every label inside the figure
+                fig.savefig(out / f"{name}.{ext}", dpi=DPI)
+                fig.set_layout_engine("none")  # the layout the first file solved, kept for the second
         written.append(name)
     path = out / "report.md"
     path.write_text(markdown(folder, groups, written, skipped, spread))
