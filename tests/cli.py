@@ -2,7 +2,8 @@
 (its argv, environment, working folder, stdout/stderr, exit status and signals), forked from a server
 that has imported the heavy libraries once: a command then starts in ~0.1 s instead of ~10 s (most of
 it ``import pytorch_lightning``). The tests of what a command imports (the light path, tab completion)
-start a real interpreter instead."""
+and of commands that answer before torch loads (``--help``, config errors: under a second in a new
+interpreter, where the server takes ~10 s to start) run a new interpreter instead (:func:`interpreter`)."""
 from __future__ import annotations
 
 import atexit
@@ -39,8 +40,6 @@ def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str | N
         os.close(target)
     sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)
-    if argv[0] != "-m":
-        raise ValueError(f"argv must start with -m <module>, got {argv[:2]}")
     sys.argv = [argv[1], *argv[2:]]
     code = 0
     try:
@@ -70,6 +69,8 @@ class Command:
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | str = ROOT,
                  merge_stderr: bool = False):
+        if argv[0] != "-m":
+            raise ValueError(f"argv must start with -m <module>, got {argv[:2]}")
         self.args = argv
         self._files = tempfile.mkdtemp(prefix="tsdyn-cli-")
         self._out, self._err = os.path.join(self._files, "out"), os.path.join(self._files, "err")

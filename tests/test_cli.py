@@ -144,3 +144,14 @@ def test_the_other_commands_help_names_real_options_and_examples_that_compose(mo
         for words in examples:
             assert words[0] == f"tsdyn-{config.replace('_', '-')}"
             compose(config, overrides=words[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["-m", "tsdyn.train", "--help"], ["-m", "tsdyn.train", "student.width_mult=abc"],
+                                  ["-m", "tsdyn.train", "trainer.devices=2", "hydra.run.dir=/nonexistent/r"]])
+def test_a_forked_command_answers_as_a_new_interpreter_does(argv):
+    """The tests' commands (tests/cli.py: forked from a server that imported the libraries) exit, print
+    and warn exactly as the same command in a new interpreter."""
+    forked, new = cli.run(argv, ENV), cli.interpreter(argv, ENV)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (new.returncode, new.stdout, new.stderr)
+    assert new.returncode == (0 if "--help" in argv else 2)
