@@ -28,7 +28,6 @@ from tsdyn.train import job, run
 pytestmark = pytest.mark.slow  # end-to-end runs: make test-fast leaves them out
 
 
-
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(last_checkpoint(run_dir), weights_only=False, map_location="cpu")["state_dict"]
 
