@@ -189,7 +189,7 @@ def step_burst(variant: str, teacher, width_mult: int, x, y, members: int = 1, c
     optimizer, slices of the epoch's in-memory tensors); ``fused`` and ``compiled`` the fused step
     on the same slices, ``chunk`` steps per call (compiled at the first call, before any timing)."""
     from tsdyn.fused import FusedSGD
-    from tsdyn.module import per_student_loss
+    from tsdyn.nets import per_student_loss
     from tsdyn.nets import make_student
     n_batches = len(x) // BS
     pos = [0]

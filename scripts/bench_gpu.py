@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tsdyn.fused import FusedSGD  # noqa: E402
-from tsdyn.module import per_student_loss  # noqa: E402
+from tsdyn.nets import per_student_loss  # noqa: E402
 from tsdyn.nets import ReLUNet  # noqa: E402
 
 D, KS, D_OUT, BS = 20, [10, 15, 20, 25], 100, 64

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tsdyn.data import GaussianData, epoch_generator
-from tsdyn.module import lr_at
+from tsdyn.schedule import lr_at
 
 
 def test_gaussian_inputs_have_the_configured_std_and_mean_zero():

@@ -8,7 +8,7 @@ from pytorch_lightning.callbacks import Callback
 from tsdyn.build import build
 from tsdyn.config import ConfigError, validate
 from tsdyn.fused import COMPILE_MIN_STEPS, FusedSGD, backward, choose_path, forward, loss_and_grad
-from tsdyn.module import per_student_loss
+from tsdyn.nets import per_student_loss
 from tsdyn.nets import ReLUNet, renormalize_
 from tsdyn.runfolder.reader import read_metrics
 from tsdyn.train import run

@@ -147,6 +147,26 @@ def test_who_wins_counts_teacher_node_j_won_by_student_j(synthetic_report):
                                                                      abs=6e-5)
 
 
+@pytest.mark.slow  # reads the whole report
+def test_figures_option_draws_the_named_figures_and_the_same_table(synthetic_report, tmp_path, capsys):
+    folder, _, full = synthetic_report
+    assert main([str(folder), "--out", str(tmp_path / "two"), "--figures", "width,curves"]) == 0
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {"report.md", *(f"{n}.{e}" for n in ("curves", "width")
+                                                                          for e in ("png", "pdf"))}
+    md, full_md = (tmp_path / "two" / "report.md").read_text(), full.read_text()
+    assert md.split("## Figures")[0] == full_md.split("## Figures")[0]        # every table as in the full report
+    assert "not drawn (left out by `--figures`): `luck`, `fanout_nodes`," in md and "`curves.png`" in md
+    assert main([str(folder), "--out", str(tmp_path / "none"), "--figures", "none"]) == 0
+    assert [p.name for p in (tmp_path / "none").iterdir()] == ["report.md"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(folder), "--out", str(tmp_path / "bad"), "--figures", "curves,curvs"])
+    assert stop.value.code == 2 and not (tmp_path / "bad").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m tsdyn.report: error: --figures: 'curvs' is not a figure; expected all, none or names from "
+        + ", ".join(FIGURES))
+
+
 @pytest.mark.slow  # draws and saves the figures it has data for
 def test_missing_data_skips_figures_with_a_note(tmp_path):
     rng = np.random.default_rng(1)

@@ -79,7 +79,7 @@ def runs_as_one_array_and_the_report_reads_it(array_run):
     # no accounting on this cluster: said once, no sacct warning
     assert array_run.output.count("job states come from squeue") == 1
     assert "sacct" not in array_run.output.replace("no sacct", "")
-    assert report([str(array_run.dir)]) == 0
+    assert report([str(array_run.dir), "--figures", "none"]) == 0   # the table (the figures: test_report)
     md = (array_run.dir / "report" / "report.md").read_text()
     assert "3 runs in 3 groups" in md and "status: 2 completed, 1 failed" in md
     assert "| width_mult 2 | 1/1 | 1 | 3 |" in md and "| width_mult 0 | 0/1 | 0 | - |" in md

@@ -26,8 +26,7 @@ from tsdyn.metrics.matching import as_samples, best_match, hungarian_match, matc
 from tsdyn.metrics.pruning import prune_random_, prune_smallest_fanout_
 from tsdyn.metrics.sparsity import active_share, coactive_share
 from tsdyn.metrics.theory import batch_means, diag_ratio, op_norm_ratios, require_fc_without_bn
-from tsdyn.module import per_student_loss
-from tsdyn.nets import predict
+from tsdyn.nets import per_student_loss, predict
 
 
 def run_ends(trainer: pl.Trainer, epochs: int) -> bool:

@@ -4,7 +4,7 @@ C++ wrapper).
 
 It covers what the paper's main setting trains: a fully connected :class:`~tsdyn.nets.ReLUNet`
 student without BatchNorm (any number of members E, with or without ``output_relu``), the MSE or
-cross-entropy loss of :func:`tsdyn.module.per_student_loss`, ``torch.optim.SGD`` with or without
+cross-entropy loss of :func:`tsdyn.nets.per_student_loss`, ``torch.optim.SGD`` with or without
 momentum and weight decay, and the projected step (:func:`tsdyn.nets.normalize_rows` after every
 update). It updates the student's parameters and the torch optimizer's momentum buffers in place,
 so checkpoints, resuming and the learning-rate schedule (``param_groups[0]["lr"]``, read at every
@@ -54,7 +54,7 @@ def forward(weights: list[Tensor], biases: list[Tensor], x: Tensor,
 
 
 def loss_and_grad(out: Tensor, target: Tensor, kind: str) -> tuple[Tensor, Tensor]:
-    """Per-member loss ``[E]`` (as :func:`tsdyn.module.per_student_loss`) and the gradient of their
+    """Per-member loss ``[E]`` (as :func:`tsdyn.nets.per_student_loss`) and the gradient of their
     sum with respect to ``out`` ``[E, B, D]`` (``target``: ``[B, D]`` teacher outputs).
 
     ``mse``: loss ``mean (out - y)^2``, gradient ``2 (out - y) / (B D)``; ``cross_entropy`` to the

@@ -7,14 +7,10 @@ only every ``log_every_n_steps`` steps.
 """
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -22,9 +18,10 @@ from tsdyn import keys
 from tsdyn.data import GaussianData
 from tsdyn.errors import Interrupted
 from tsdyn.fused import FusedSGD, choose_path
-from tsdyn.metrics.matching import as_samples, correlation
-from tsdyn.nets import ReLUNet, predict, renormalize_
+from tsdyn.nets import per_student_loss, predict, ReLUNet, renormalize_
 from tsdyn.runfolder.writer import Recorder
+from tsdyn.schedule import lr_at
+from tsdyn.snapshot import Snapshot
 
 
 
@@ -45,14 +42,6 @@ def _advance_step_counter(trainer: pl.Trainer, n: int) -> None:
     trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(n)
 
 
-def lr_at(epoch: int, base_lr: float, schedule: Mapping[int, float]) -> float:
-    """Learning rate for 0-based ``epoch``: the value of the largest schedule key <= epoch, else
-    ``base_lr``. ``schedule`` maps epoch -> lr, e.g. ``{20: 0.01, 30: 0.001}``."""
-    starts = sorted(int(k) for k in schedule)
-    i = bisect.bisect_right(starts, epoch)
-    return float(schedule[starts[i - 1]]) if i else float(base_lr)
-
-
 @torch.no_grad()
 def clip_grad_per_member_(params: Sequence[Tensor], max_value: float, algorithm: str = "norm") -> None:
     """Clip the gradients of an ensemble in place, each student on its own: every parameter is
@@ -71,36 +60,6 @@ def clip_grad_per_member_(params: Sequence[Tensor], max_value: float, algorithm:
     scale = (max_value / (norm + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
-
-
-def per_student_loss(out: Tensor, target: Tensor, kind: str) -> Tensor:
-    """``out``: ``[E, N, D]`` student outputs, ``target``: ``[N, D]`` teacher outputs -> ``[E]``.
-
-    ``mse``: mean squared error over samples and outputs (``nn.MSELoss``); ``cross_entropy``:
-    cross-entropy of the student's logits to the teacher's argmax."""
-    if kind == "mse":
-        return (out - target).pow(2).mean(dim=(1, 2))
-    labels = target.argmax(-1).expand(out.shape[0], -1)
-    return F.cross_entropy(out.transpose(1, 2), labels, reduction="none").mean(-1)
-
-
-@dataclass
-class Snapshot:
-    """Student and teacher on the evaluation set at one moment of training.
-
-    ``student_hidden[l]``: ``[E, N, K_s]``; ``teacher_hidden[l]``: ``[N, K_t]``; ``eval_loss``: ``[E]``.
-    """
-    epoch: int
-    step: int
-    student_hidden: list[Tensor]
-    teacher_hidden: list[Tensor]
-    eval_loss: Tensor
-
-    @cached_property
-    def corr(self) -> list[Tensor]:
-        """Per layer, teacher x student correlation ``[E, K_t, K_s]`` (dead teacher rows NaN)."""
-        return [correlation(as_samples(t), as_samples(s))
-                for t, s in zip(self.teacher_hidden, self.student_hidden)]
 
 
 class TeacherStudent(pl.LightningModule):

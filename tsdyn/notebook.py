@@ -15,7 +15,7 @@
 Everything read from files goes through :mod:`tsdyn.runfolder.reader` (the report's reader); jobs
 are grouped as the report groups them (:func:`tsdyn.report.aggregate.group_runs`); activations and
 correlations come from the nets' ``forward`` and :func:`tsdyn.metrics.matching.correlation`, as
-during training (:class:`tsdyn.module.Snapshot`).
+during training (:class:`tsdyn.snapshot.Snapshot`).
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from torch import Tensor
 
 from tsdyn import keys
 from tsdyn.build import build_teacher
-from tsdyn.module import Snapshot, per_student_loss
-from tsdyn.nets import EnsembleNet
+from tsdyn.nets import EnsembleNet, per_student_loss
 from tsdyn.report.aggregate import group_runs
 from tsdyn.runfolder.paths import HYDRA, array_names, is_run_folder, last_checkpoint
 from tsdyn.runfolder.reader import RunFolder, find_runs
+from tsdyn.snapshot import Snapshot
 
 
 def epoch_table(rows: list[dict[str, Any]]) -> pd.DataFrame:

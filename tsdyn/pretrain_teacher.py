@@ -81,7 +81,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
 
     from tsdyn.build import build_teacher, optimizer_options
     from tsdyn.metrics.pruning import prune_smallest_fanout_
-    from tsdyn.module import lr_at
+    from tsdyn.schedule import lr_at
     from tsdyn.nets import save_teacher
     from tsdyn.runfolder.writer import Recorder
     from tsdyn.slurm import set_threads

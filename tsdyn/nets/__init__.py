@@ -21,8 +21,8 @@ The package: :mod:`.networks` (the nets), :mod:`.teacher` (teacher init), :mod:`
 from __future__ import annotations
 
 from tsdyn.nets.networks import (  # noqa: F401 - re-exported
-    BN_PLACEMENTS, ConvReLUNet, EnsembleBatchNorm, EnsembleNet, NETS, normalize_rows, predict,
-    ReLUNet, renormalize_, ROW_NORMS,
+    BN_PLACEMENTS, ConvReLUNet, EnsembleBatchNorm, EnsembleNet, NETS, normalize_rows, per_student_loss,
+    predict, ReLUNet, renormalize_, ROW_NORMS,
 )
 from tsdyn.nets.teacher import (  # noqa: F401 - re-exported
     calibrate_bn_, DEFAULT_WEIGHT_CHOICES, init_teacher_, make_conv_teacher, make_teacher,

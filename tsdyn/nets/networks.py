@@ -267,3 +267,14 @@ def predict(net: EnsembleNet, x: Tensor, max_units: int = 2**25) -> Tensor:
     the net's current mode (train / eval)."""
     chunk = max(1, max_units // (net.hidden_units * net.num_members))
     return torch.cat([net(x[i:i + chunk])[0] for i in range(0, len(x), chunk)], dim=1)
+
+
+def per_student_loss(out: Tensor, target: Tensor, kind: str) -> Tensor:
+    """``out``: ``[E, N, D]`` student outputs, ``target``: ``[N, D]`` teacher outputs -> ``[E]``.
+
+    ``mse``: mean squared error over samples and outputs (``nn.MSELoss``); ``cross_entropy``:
+    cross-entropy of the student's logits to the teacher's argmax."""
+    if kind == "mse":
+        return (out - target).pow(2).mean(dim=(1, 2))
+    labels = target.argmax(-1).expand(out.shape[0], -1)
+    return F.cross_entropy(out.transpose(1, 2), labels, reduction="none").mean(-1)

@@ -42,9 +42,11 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
-def write_report(folder: str | Path, out: str | Path | None = None, spread: str = "sd") -> Path:
+def write_report(folder: str | Path, out: str | Path | None = None, spread: str = "sd",
+                 figures: list[str] | None = None) -> Path:
     """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``),
-    the figures' bands ``spread`` (``sd`` or ``minmax``, see :func:`band`); returns the path of
+    the figures' bands ``spread`` (``sd`` or ``minmax``, see :func:`band`); ``figures``: the names
+    to draw (default: every figure of ``FIGURES``; ``[]``: report.md alone). Returns the path of
     ``report.md``."""
     from matplotlib import rc_context
 
@@ -53,6 +55,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, spread: str 
     from tsdyn.report.markdown import markdown
     from tsdyn.runfolder.reader import find_runs
 
+    wanted = set(FIGURES if figures is None else figure_names(figures))
     folder = Path(folder)
     runs = find_runs(folder)
     if not runs:
@@ -62,6 +65,8 @@ def write_report(folder: str | Path, out: str | Path | None = None, spread: str 
     groups = group_runs(runs)
     written, skipped = [], {}
     for name, (_, make) in FIGURES.items():
+        if name not in wanted:
+            continue
         with rc_context(STYLE):
             fig, reason = make(groups, spread)
             if fig is None:
@@ -72,8 +77,23 @@ def write_report(folder: str | Path, out: str | Path | None = None, spread: str 
                 fig.set_layout_engine("none")  # the layout the first file solved, kept for the second
         written.append(name)
     path = out / "report.md"
-    path.write_text(markdown(folder, groups, written, skipped, spread))
+    left_out = [name for name in FIGURES if name not in wanted]
+    path.write_text(markdown(folder, groups, written, skipped, spread, left_out))
     return path
+
+
+def figure_names(value: str | list[str]) -> list[str]:
+    """The figures to draw: ``all``, ``none``, names of ``FIGURES`` comma-separated (``--figures``)
+    or as a list; a name that is not a figure raises ``ValueError``."""
+    from tsdyn.report.figures import FIGURES
+
+    if isinstance(value, str):
+        value = {"all": list(FIGURES), "none": []}.get(value, [n.strip() for n in value.split(",")])
+    unknown = [n for n in value if n not in FIGURES]
+    if unknown:
+        raise ValueError(f"--figures: {', '.join(map(repr, unknown))} is not a figure; expected all, none or "
+                         f"names from {', '.join(FIGURES)}")
+    return list(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="where to write (default: <folder>/report)")
     parser.add_argument("--band", choices=list(BANDS), default="sd",
                         help="the figures' bands around the mean over seeds and students (default: sd)")
+    parser.add_argument("--figures", default="all", metavar="NAMES",
+                        help="the figures to draw: all (default), none (report.md alone) or names, "
+                             "comma-separated (e.g. curves,width)")
     args = parser.parse_args(argv)
+    try:
+        figures = figure_names(args.figures)
+    except ValueError as err:
+        parser.error(str(err))
     from tsdyn.runfolder.reader import newest_output
 
     folder = args.folder or newest_output()
@@ -91,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tsdyn.report: no folder given and no run under outputs/runs or outputs/multiruns", file=sys.stderr)
         return 2
     try:
-        path = write_report(folder, args.out, args.band)
+        path = write_report(folder, args.out, args.band, figures)
     except FileNotFoundError as err:
         print(f"tsdyn.report: {err}", file=sys.stderr)
         return 2

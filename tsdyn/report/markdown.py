@@ -32,7 +32,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dict[str, str], spread: str) -> str:
+def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dict[str, str], spread: str,
+             left_out: list[str] = ()) -> str:
     runs = [r for g in groups for r in g.runs]
     statuses: dict[str, int] = {}
     for r in runs:
@@ -101,6 +102,8 @@ def markdown(folder: Path, groups: list[Group], written: list[str], skipped: dic
     lines += ["", "## Figures", ""]
     lines += [f"- `{name}.png` / `{name}.pdf`: "
               + FIGURES[name][0].format(band=BANDS[spread], layers=LAYER_NOTE.capitalize()) for name in written]
+    if left_out:
+        lines += [f"- not drawn (left out by `--figures`): {', '.join(f'`{name}`' for name in left_out)}"]
     if skipped:
         lines += ["", "## Skipped figures", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in skipped.items()]

@@ -13,16 +13,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
-from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 from tsdyn import keys
 from tsdyn.runfolder.paths import ANALYSIS, ARRAYS, METRICS, SUMMARY, arrays_file
 from tsdyn.runfolder.reader import read_metrics
+
+if TYPE_CHECKING:  # Lightning itself loads with a trainer: teacher pre-training writes run folders without it
+    from pytorch_lightning.loggers import WandbLogger
 
 
 def member_scalars(values: Mapping[str, Tensor]) -> dict[str, float]:
@@ -98,7 +100,7 @@ class Recorder:
         if trainer is None:
             return
         for logger in trainer.loggers:
-            if per_epoch and isinstance(logger, WandbLogger):
+            if per_epoch and logger in self.media_loggers(trainer):
                 self._epoch_x_axis(logger, metrics)
             logger.log_metrics({**metrics, "epoch": epoch}, step=step)
         if per_epoch and monitor:  # the dict Lightning's monitors read; LightningModule.log costs ~1 ms a key
@@ -174,6 +176,8 @@ class Recorder:
     @staticmethod
     def media_loggers(trainer) -> list[WandbLogger]:
         """The trainer's loggers that take images, histograms and tables (W&B)."""
+        from pytorch_lightning.loggers import WandbLogger
+
         return [lg for lg in (trainer.loggers if trainer is not None else []) if isinstance(lg, WandbLogger)]
 
     def log_media(self, trainer, images: Mapping[str, np.ndarray] | None = None,
