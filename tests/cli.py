@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
        "WANDB_SILENT": "true"}
+# as a user's shell has it (W&B's notices not silenced), for the tests of what a command prints
+USER_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 # what a run imports that takes time (not wandb: it makes a temporary folder at import that the first
 # run to end would delete); tsdyn's entry points are left to the run itself, as __main__
 PRELOAD = ["pytorch_lightning", "hydra", "pandas", "matplotlib.pyplot", "tsdyn.module", "tsdyn.build"]

@@ -14,13 +14,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests import cli
+from tests.cli import USER_ENV
 from tests.conftest import CONF, ROOT, compose_cfg
 from tests.multiruns import TINY
 from tsdyn.config import validate
 from tsdyn.runfolder.reader import newest_output
 from tsdyn.sweeps import sweep_jobs
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 SCRIPTS = dict(re.findall(r'^([\w-]+) = "([\w.:]+)"$',  # pyproject.toml's [project.scripts] (no tomllib on 3.10)
                           (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0], re.M))
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(CONF).iterdir()
@@ -51,7 +51,7 @@ def test_bash_tab_completion_of_tsdyn_train(tmp_path):
               'COMP_LINE="tsdyn-train stu"; COMP_POINT=${#COMP_LINE}; COMP_WORDS=(tsdyn-train stu); COMP_CWORD=1\n'
               'hydra_bash_completion\n'
               'echo "completions: ${COMPREPLY[@]}"\n')
-    env = {**ENV, "PATH": f"{tmp_path}{os.pathsep}{ENV['PATH']}"}
+    env = {**USER_ENV, "PATH": f"{tmp_path}{os.pathsep}{USER_ENV['PATH']}"}
     res = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     # the group (student=fc ...) and its keys (student.width_mult=...)
@@ -59,7 +59,7 @@ def test_bash_tab_completion_of_tsdyn_train(tmp_path):
 
 
 def test_help_lists_every_group_with_its_options_and_three_example_commands_that_compose(tmp_path):
-    res = cli.interpreter(["-m", "tsdyn.train", "--help"], ENV)
+    res = cli.interpreter(["-m", "tsdyn.train", "--help"], USER_ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.splitlines()
     assert len(lines) < 40
@@ -109,7 +109,7 @@ def test_newest_output_is_the_latest_run_or_multirun(tmp_path):
 @pytest.mark.slow
 def test_a_run_ends_by_naming_its_folder_and_commands_that_work_as_printed(tmp_path):
     res = cli.run(["-m", "tsdyn.train", *TINY, "epochs=1", "callbacks=minimal", "logger=wandb",
-                   "trainer.enable_progress_bar=true"], ENV, cwd=tmp_path)
+                   "trainer.enable_progress_bar=true"], USER_ENV, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     for quiet in ("anonymous setting", "GPU available", "TPU available"):   # known-harmless notices
         assert quiet not in res.stderr + res.stdout, quiet
@@ -121,14 +121,14 @@ def test_a_run_ends_by_naming_its_folder_and_commands_that_work_as_printed(tmp_p
     assert sync[:2] == ["wandb", "sync"] and len(glob.glob(str(tmp_path / sync[2]))) == 1   # the offline run
     report = shlex.split(lines[2].split(": ", 1)[1])
     assert report[:3] == ["python", "-m", "tsdyn.report"]
-    res = cli.run(report[1:], ENV, cwd=tmp_path)
+    res = cli.run(report[1:], USER_ENV, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert {p.name for p in (folder / "report").iterdir()} >= {"report.md", "curves.png", "curves.pdf"}
 
 
 @pytest.mark.parametrize("module,config", [("tsdyn.pretrain_teacher", "pretrain"), ("tsdyn.bn_bias", "bn_bias")])
 def test_the_other_commands_help_names_real_options_and_examples_that_compose(module, config):
-    res = cli.interpreter(["-m", module, "--help"], ENV)
+    res = cli.interpreter(["-m", module, "--help"], USER_ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = res.stdout.splitlines()
     assert len(lines) < 30
@@ -152,6 +152,6 @@ def test_the_other_commands_help_names_real_options_and_examples_that_compose(mo
 def test_a_forked_command_answers_as_a_new_interpreter_does(argv):
     """The tests' commands (tests/cli.py: forked from a server that imported the libraries) exit, print
     and warn exactly as the same command in a new interpreter."""
-    forked, new = cli.run(argv, ENV), cli.interpreter(argv, ENV)
+    forked, new = cli.run(argv, USER_ENV), cli.interpreter(argv, USER_ENV)
     assert (forked.returncode, forked.stdout, forked.stderr) == (new.returncode, new.stdout, new.stderr)
     assert new.returncode == (0 if "--help" in argv else 2)

@@ -1,19 +1,15 @@
 """The command line's answers before torch loads (tsdyn.cli): a typo, an unknown key or option, an
 override Hydra cannot parse or a bad value is one line on stderr, exit status 2, naming the key and
 what is allowed; valid commands pass untouched; the light path never imports torch."""
-import os
 
 import pytest
-
-from tests.cli import interpreter
-from tests.conftest import ROOT
 from omegaconf import OmegaConf
 
+from tests.cli import USER_ENV, interpreter
 from tsdyn import cli
 from tsdyn.cli import check_command_line
 from tsdyn.config import ANALYSIS_RULES, CALLBACK_RULES, check_values
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "wandb", "matplotlib", "scipy", "torchvision", "pandas")
 
 REFUSED = [  # (command line, what the one line must say)
@@ -140,7 +136,7 @@ def test_the_light_path_imports_no_torch():
             "        importlib.import_module(node.module)\n"
             "import tsdyn.notebook\n"
             "print('torch' in sys.modules, sorted(m for m in sys.modules if 'lightning' in m))\n")
-    res = interpreter(["-c", code], ENV)
+    res = interpreter(["-c", code], USER_ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.splitlines()[-2:] == ["[]", "True []"], res.stdout[-500:]
 
@@ -153,7 +149,7 @@ def test_known_harmless_notices_are_hidden_and_others_are_not():
             "log = logging.getLogger('torch.utils.cpp_extension')\n"
             "log.warning(\"No CUDA runtime is found, using CUDA_HOME='%s'\", '/usr/local')\n"
             "log.warning('control notice two')\n")
-    res = interpreter(["-c", code], ENV)
+    res = interpreter(["-c", code], USER_ENV)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "control notice one" in res.stderr and "control notice two" in res.stderr
     assert "srun" not in res.stderr and "CUDA_HOME" not in res.stderr
@@ -167,7 +163,7 @@ def test_known_harmless_notices_are_hidden_and_others_are_not():
     ("tsdyn.sweeps", ["sweep=width", "student.widht_mult=5"], "did you mean student.width_mult?"),
 ])
 def test_commands_answer_one_line_without_torch(module, argv, says):
-    res = interpreter(["-X", "importtime", "-m", module, *argv], ENV)
+    res = interpreter(["-X", "importtime", "-m", module, *argv], USER_ENV)
     assert res.returncode == 2
     imported = [x.split("|")[-1].strip() for x in res.stderr.splitlines() if x.startswith("import time:")]
     lines = [x for x in res.stderr.splitlines() if not x.startswith("import time:")]
