@@ -81,9 +81,9 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> dict:
 
     from tsdyn.build import build_teacher, optimizer_options
     from tsdyn.metrics.pruning import prune_smallest_fanout_
-    from tsdyn.schedule import lr_at
     from tsdyn.nets import save_teacher
     from tsdyn.runfolder.writer import Recorder
+    from tsdyn.schedule import lr_at
     from tsdyn.slurm import set_threads
 
     set_threads(cfg.get("threads"))

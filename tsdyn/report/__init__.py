@@ -21,6 +21,8 @@ note in the table when the runs lack its data:
 7. ``fanout_sorted``: every student's final fan-out norms, sorted, per group and layer (log scale);
 8. ``specialization``: per teacher node (index = strength rank under strength decay), the share of
    students whose best correlation with it exceeds 0.95 at the end, per layer.
+
+``--figures curves,width`` draws only the figures named (``--figures none``: ``report.md`` alone).
 """
 from __future__ import annotations
 
