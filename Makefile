@@ -45,10 +45,12 @@ $(FMNIST_RAW)/t10k-labels-idx1-ubyte:
 	gunzip -kf $(FMNIST_RAW)/*-ubyte.gz
 
 # figures and summary table of a run or multirun folder: make report RUN=outputs/multiruns/<date>/<time>
-# (default: the newest run or multirun under outputs/); written to $(RUN)/report/
+# (default: the newest run or multirun under outputs/); written to $(RUN)/report/; FIGURES=curves,width
+# draws only those (FIGURES=none: the table alone)
 RUN ?=
+FIGURES ?= all
 report: $(STAMP)
-	$(PY) -m tsdyn.report $(RUN)
+	$(PY) -m tsdyn.report $(RUN) --figures $(FIGURES)
 
 # the example notebook, executed in place (outputs saved) with the venv's kernel against TSDYN_RUN
 # (default: the newest run under outputs/runs): make notebook TSDYN_RUN=outputs/runs/<date>/<time>
