@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 import yaml
+import matplotlib.pyplot as plt
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
@@ -17,7 +18,7 @@ from tests.multiruns import multirun
 from tsdyn import plots
 from tsdyn.report import FIGURES, band, main, top_sorted, write_report
 from tsdyn.report.aggregate import PALETTE, group_runs, value_label
-from tsdyn.report.figures import DPI, STYLE, fig_curves, fig_fanout_nodes, sorted_blocks
+from tsdyn.report.figures import DPI, STYLE, fig_curves, fig_fanout_nodes, same_ylim, sorted_blocks
 from tsdyn.report.markdown import markdown
 from tsdyn.runfolder.reader import find_runs, read_metrics
 
@@ -300,6 +301,26 @@ def test_report_on_a_real_multirun(tmp_path):
             values = [last[f"{key}/s{i}"] for i in range(2)]
             assert numbers(rows[label][col]) == pytest.approx([np.mean(values), min(values), max(values)],
                                                               rel=2e-4, abs=6e-5)
+
+
+def test_panels_share_one_y_range_with_room_above_and_below_every_line():
+    fig, (wide, narrow, ranks, log_a, log_b) = plt.subplots(1, 5)
+    wide.plot([0.2, 0.8])
+    narrow.plot([0.85, 0.86])                      # alone, matplotlib leaves it 0.0005 of room
+    same_ylim([wide, narrow])
+    low, high = wide.get_ylim()
+    assert narrow.get_ylim() == (low, high) and high - 0.86 > 0.02 * (high - low) and 0.2 - low > 0.02 * (high - low)
+    ranks.plot([0, 30])
+    ranks.set_ylim(0, None)                        # a rank axis starts at 0
+    same_ylim([ranks])
+    assert ranks.get_ylim()[0] == 0 and ranks.get_ylim()[1] > 31.5
+    for ax, ys in ((log_a, [1e-4, 1e-2]), (log_b, [0.5, 1.0])):
+        ax.plot(ys)
+        ax.set_yscale("log")
+    same_ylim([log_a, log_b])
+    low, high = log_a.get_ylim()
+    assert log_b.get_ylim() == (low, high) and np.log10(high / 1.0) > 0.02 * np.log10(high / low) > 0
+    plt.close(fig)
 
 
 def test_dashboard_figures_draw_inside_their_edges():

@@ -41,11 +41,20 @@ def panels(n: int, max_cols: int = 4):
     return fig, axes
 
 
-def same_ylim(axes: list[Axes]) -> None:
-    """One y-range for ``axes``: the union of their own."""
+def same_ylim(axes: list[Axes], pad: float = 0.03) -> None:
+    """One y-range for ``axes``: the union of their own, widened by ``pad`` of it at each end (in
+    the axes' scale: a factor on a log axis), so that a panel whose own range is narrow does not
+    draw its lines along the frame; a bottom set to 0 (a count or a rank) stays 0."""
     lows, highs = zip(*(ax.get_ylim() for ax in axes))
+    low, high = min(lows), max(highs)
+    if axes[0].get_yscale() == "log":
+        factor = (high / low) ** pad
+        low, high = low / factor, high * factor
+    else:
+        margin = pad * (high - low)
+        low, high = (low if low == 0 else low - margin), high + margin
     for ax in axes:
-        ax.set_ylim(min(lows), max(highs))
+        ax.set_ylim(low, high)
 
 
 def integer_xticks(axes: list[Axes]) -> None:
