@@ -99,8 +99,9 @@ class Recorder:
                 f.write(json.dumps(_json_safe({"step": step, "epoch": epoch, **metrics})) + "\n")
         if trainer is None:
             return
+        wandb_loggers = self.media_loggers(trainer) if per_epoch else []
         for logger in trainer.loggers:
-            if per_epoch and logger in self.media_loggers(trainer):
+            if logger in wandb_loggers:
                 self._epoch_x_axis(logger, metrics)
             logger.log_metrics({**metrics, "epoch": epoch}, step=step)
         if per_epoch and monitor:  # the dict Lightning's monitors read; LightningModule.log costs ~1 ms a key
