@@ -80,11 +80,14 @@ def backward(weights: list[Tensor], x: Tensor, hidden: list[Tensor],
     """Gradients ``(dW_l [E, out_l, in_l], db_l [E, out_l])`` of every layer from the output
     gradient ``dz`` ``[E, B, d_out]`` (ReLU mask applied), the inputs ``x`` ``[B, d]`` and the
     hidden activations of :func:`forward` (one member: all without the E axis). ``dW_l`` is formed
-    as autograd forms it, as the transpose of ``h_{l-1}^T dz_l``."""
+    as autograd forms it: ``dz_l^T h_{l-1}`` for one member (``addmm``'s backward for the transposed
+    weight), the transpose of ``h_{l-1}^T dz_l`` for several (``baddbmm``'s); the two orders round
+    differently on some CPUs."""
     inputs = [x if dz.dim() == 2 else x.expand(weights[0].shape[0], *x.shape), *hidden]
     dws, dbs = [], []
     for layer in range(len(weights) - 1, -1, -1):
-        dws.append(torch.matmul(inputs[layer].transpose(-1, -2), dz).transpose(-1, -2))
+        dws.append(dz.t().mm(inputs[layer]) if dz.dim() == 2
+                   else torch.bmm(inputs[layer].transpose(1, 2), dz).transpose(1, 2))
         dbs.append(dz.sum(-2))
         if layer:
             dz = torch.where(hidden[layer - 1] > 0, torch.matmul(dz, weights[layer]), 0.0)
