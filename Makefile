@@ -46,11 +46,11 @@ $(FMNIST_RAW)/t10k-labels-idx1-ubyte:
 
 # figures and summary table of a run or multirun folder: make report RUN=outputs/multiruns/<date>/<time>
 # (default: the newest run or multirun under outputs/); written to $(RUN)/report/; FIGURES=curves,width
-# draws only those (FIGURES=none: the table alone)
+# draws only those (FIGURES=none: the table alone); ARGS=--unfinished also counts runs still training
 RUN ?=
 FIGURES ?= all
 report: $(STAMP)
-	$(PY) -m tsdyn.report $(RUN) --figures $(FIGURES)
+	$(PY) -m tsdyn.report $(RUN) --figures $(FIGURES) $(ARGS)
 
 # the example notebook, executed in place (outputs saved) with the venv's kernel against TSDYN_RUN
 # (default: the newest run under outputs/runs): make notebook TSDYN_RUN=outputs/runs/<date>/<time>

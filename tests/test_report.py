@@ -17,7 +17,7 @@ from matplotlib.colors import to_hex
 from tests.multiruns import multirun
 from tsdyn import plots
 from tsdyn.report import FIGURES, band, main, top_sorted, write_report
-from tsdyn.report.aggregate import PALETTE, group_runs, value_label
+from tsdyn.report.aggregate import PALETTE, WITH_UNFINISHED, group_runs, series_band, value_label
 from tsdyn.report.figures import DPI, STYLE, fig_curves, fig_fanout_nodes, same_ylim, sorted_blocks
 from tsdyn.report.markdown import markdown
 from tsdyn.runfolder.reader import find_runs, read_metrics
@@ -35,7 +35,7 @@ def write_run(folder: Path, width_mult: int, seed: int, rng, status: str = "comp
     (folder / ".hydra" / "overrides.yaml").write_text(
         yaml.safe_dump([f"student.width_mult={width_mult}", f"student.seed={seed}"]))
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({
-        "teacher": {"ks": KT, "seed": 1}, "run_dir": "${hydra:runtime.output_dir}",
+        "teacher": {"ks": KT, "seed": 1}, "run_dir": "${hydra:runtime.output_dir}", "epochs": EPOCHS,
         "student": {"width_mult": width_mult, "num_students": E, "seed": seed, "init": init}}))
     rows, final = [], {}
     for epoch in range(EPOCHS + 1):
@@ -248,7 +248,7 @@ def test_curves_figure_is_paper_ready(synthetic):
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["width_mult 1", "width_mult 2"]
     assert [to_hex(g.color) for g in groups] == [c.lower() for c in PALETTE[:2]]
     # the band of group "width_mult 1", layer 0: mean +- sd (ddof 1) over 2 runs x 2 students per epoch
-    runs = [r for r in groups[0].completed]
+    runs = [r for r in groups[0].counted]
     per_epoch = np.array([[row[f"match/layer0/mean_best/s{i}"] for r in runs for i in range(E)
                            for row in [[x for x in read_metrics(r.path) if x["epoch"] == epoch][-1]]]
                           for epoch in range(EPOCHS + 1)])
@@ -260,6 +260,46 @@ def test_curves_figure_is_paper_ready(synthetic):
         fill.max() == pytest.approx((per_epoch.mean(1) + sd).max())
 
 
+def test_unfinished_runs_count_at_their_last_evaluated_epoch_only_when_asked(tmp_path):
+    """Run 0 completed; run 1 still training (no summary yet), run 2 stopped by a signal (no final
+    values): both evaluated through epoch 1, and a training-loss row of epoch 2 under way."""
+    rng = np.random.default_rng(1)
+    for num, status in enumerate(["completed", "unfinished", "interrupted"]):
+        write_run(tmp_path / str(num), 1, num, rng, status)
+        if status != "completed":
+            rows = read_metrics(tmp_path / str(num))[:EPOCHS]
+            rows.append({"step": 25, "epoch": EPOCHS, "loss/train": 0.5, "loss/train/s0": 0.4, "loss/train/s1": 0.6})
+            (tmp_path / str(num) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            summary = tmp_path / str(num) / "summary.json"
+            summary.unlink() if status == "unfinished" else summary.write_text(json.dumps({"status": status}))
+    key = "match/layer0/mean_best"
+    last = {num: [r for r in read_metrics(tmp_path / str(num)) if key in r][-1] for num in range(3)}
+    per_student = {num: [last[num][f"{key}/s{i}"] for i in range(E)] for num in range(3)}
+
+    assert main([str(tmp_path), "--figures", "none"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    row = table_rows(md, "Final values")["all runs"]
+    assert row[:3] == ["1/3", str(E), str(EPOCHS)]
+    assert numbers(row[4]) == pytest.approx([np.mean(per_student[0]), min(per_student[0]), max(per_student[0])], abs=1e-4)
+    assert set(table_rows(md, "Runs not counted")) == {"1", "2"} and "Runs not finished" not in md
+
+    assert main([str(tmp_path), "--figures", "curves", "--unfinished"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    row = table_rows(md, "Final values")["all runs"]
+    assert row[:3] == ["3/3", str(3 * E), f"{EPOCHS - 1} of {EPOCHS},{EPOCHS}"]
+    pooled = sum(per_student.values(), [])
+    assert numbers(row[4]) == pytest.approx([np.mean(pooled), min(pooled), max(pooled)], abs=1e-4)
+    assert table_rows(md, "Runs not finished (counted at their last evaluated epoch)") == \
+        {"1": ["unfinished", f"{EPOCHS - 1} of {EPOCHS}"], "2": ["interrupted", f"{EPOCHS - 1} of {EPOCHS}"]}
+    assert "Runs not counted" not in md and (tmp_path / "report" / "curves.png").exists()
+    group = group_runs(find_runs(tmp_path), WITH_UNFINISHED)[0]
+    epochs, stats = series_band(group, key, "minmax")          # the last epoch: the completed run alone
+    assert list(epochs) == list(range(EPOCHS + 1))
+    assert stats[-1] == pytest.approx([np.mean(per_student[0]), min(per_student[0]), max(per_student[0])])
+    assert stats[-2, 1] == pytest.approx(min(r[f"{key}/s{i}"] for num in range(3) for i in range(E)
+                                             for r in read_metrics(tmp_path / str(num)) if r["epoch"] == EPOCHS - 1 and key in r))
+
+
 def test_fanout_figure_sorts_each_block(synthetic):
     groups, _, axes = drawn(synthetic[0], fig_fanout_nodes)
     assert len({ax.get_ylim() for ax in axes}) == 1
@@ -268,7 +308,7 @@ def test_fanout_figure_sorts_each_block(synthetic):
         y = ax.lines[-2 if block else -1].get_ydata()
         for part in (y[:block], y[block:]):
             assert (np.diff(part) <= 0).all()
-    run = groups[1].completed[0]
+    run = groups[1].counted[0]
     fan = run.arrays("fanout", EPOCHS)["fanout_layer1"][0]
     assert sorted(axes[3].lines[-2].get_ydata()) == pytest.approx(sorted(fan))
 

@@ -5,7 +5,9 @@ Runs are grouped by their overridden keys, seed keys left out (runs that differ 
 trials of one setting). Every value is aggregated over the completed runs of a group *and* over the
 students inside each run (``student.num_students``; per-student keys ``<key>/s<i>``): the mean, and
 in the figures a band of +- one standard deviation (``--band minmax``: min to max), in the tables
-[min, max]. Runs that diverged or failed are listed, never averaged in. Layer 0 is the lowest
+[min, max]. Runs that diverged or failed are listed, never averaged in. ``--unfinished`` also
+counts runs still training or stopped by a signal, at their last evaluated epoch (a study's
+progress, drawn while it runs). Layer 0 is the lowest
 hidden layer in every figure and table. Figures are drawn for a paper (:mod:`tsdyn.report.figures`);
 what each figure shows and how is said in its caption in ``report.md``. Figures, each skipped with a
 note in the table when the runs lack its data:
@@ -45,14 +47,15 @@ def __getattr__(name: str) -> Any:
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, spread: str = "sd",
-                 figures: list[str] | None = None) -> Path:
+                 figures: list[str] | None = None, unfinished: bool = False) -> Path:
     """Figures and ``report.md`` for the runs in ``folder`` into ``out`` (default ``<folder>/report``),
     the figures' bands ``spread`` (``sd`` or ``minmax``, see :func:`band`); ``figures``: the names
-    to draw (default: every figure of ``FIGURES``; ``[]``: report.md alone). Returns the path of
-    ``report.md``."""
+    to draw (default: every figure of ``FIGURES``; ``[]``: report.md alone); ``unfinished``: count
+    runs still training or stopped by a signal too, at their last evaluated epoch. Returns the path
+    of ``report.md``."""
     from matplotlib import rc_context
 
-    from tsdyn.report.aggregate import group_runs
+    from tsdyn.report.aggregate import COMPLETED, WITH_UNFINISHED, group_runs
     from tsdyn.report.figures import DPI, FIGURES, STYLE
     from tsdyn.report.markdown import markdown
     from tsdyn.runfolder.reader import find_runs
@@ -64,7 +67,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, spread: str 
         raise FileNotFoundError(f"no run folders in {folder} (a run folder holds .hydra/ or summary.json)")
     out = Path(out) if out is not None else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
+    groups = group_runs(runs, WITH_UNFINISHED if unfinished else COMPLETED)
     written, skipped = [], {}
     for name, (_, make) in FIGURES.items():
         if name not in wanted:
@@ -108,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", default="all", metavar="NAMES",
                         help="the figures to draw: all (default), none (report.md alone) or names, "
                              "comma-separated (e.g. curves,width)")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="also count runs still training or stopped by a signal, at their last "
+                             "evaluated epoch (default: completed runs only)")
     args = parser.parse_args(argv)
     try:
         figures = figure_names(args.figures)
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tsdyn.report: no folder given and no run under outputs/runs or outputs/multiruns", file=sys.stderr)
         return 2
     try:
-        path = write_report(folder, args.out, args.band, figures)
+        path = write_report(folder, args.out, args.band, figures, args.unfinished)
     except FileNotFoundError as err:
         print(f"tsdyn.report: {err}", file=sys.stderr)
         return 2

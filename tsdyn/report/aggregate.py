@@ -1,6 +1,7 @@
 """Aggregation of run folders for the report: runs grouped by their non-seed overrides, values
-pooled over the completed runs of a group and the students of each run (mean and a band: +- one
-standard deviation or min to max)."""
+pooled over the counted runs of a group (the completed ones; with ``--unfinished`` also those still
+training or stopped, at their last evaluated epoch) and the students of each run (mean and a band:
++- one standard deviation or min to max)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from tsdyn.metrics.matching import recovery_rate
 from tsdyn.runfolder.reader import RunFolder
 
 LAYER_NOTE = "layer 0 = lowest hidden layer"
+COMPLETED = ("completed",)                                   # the statuses whose runs a report counts
+WITH_UNFINISHED = ("completed", "unfinished", "interrupted")  # --unfinished: also runs still training or stopped
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]  # Okabe-Ito
 
 
@@ -26,14 +29,16 @@ class Group:
     values: dict[str, str]
     runs: list[RunFolder]
     color: str | tuple
+    statuses: tuple[str, ...] = COMPLETED
 
     @property
     def label(self) -> str:
         return value_label(self.values)
 
     @property
-    def completed(self) -> list[RunFolder]:
-        return [r for r in self.runs if r.status == "completed"]
+    def counted(self) -> list[RunFolder]:
+        """The runs whose values the report shows: those with one of ``statuses``."""
+        return [r for r in self.runs if r.status in self.statuses]
 
 
 def value_label(values: dict[str, str]) -> str:
@@ -63,15 +68,16 @@ def colors(n: int) -> list:
     return PALETTE[:n] if n <= len(PALETTE) else [colormaps["viridis"](i / (n - 1)) for i in range(n)]
 
 
-def group_runs(runs: list[RunFolder]) -> list[Group]:
-    """Groups in order of first appearance, labelled with the non-seed keys whose values differ."""
+def group_runs(runs: list[RunFolder], statuses: tuple[str, ...] = COMPLETED) -> list[Group]:
+    """Groups in order of first appearance, labelled with the non-seed keys whose values differ;
+    each counts its runs with one of ``statuses``."""
     settings = [dict(r.group_key()) for r in runs]
     names = sorted({k for key in settings for k in key})
     varying = [k for k in names if len({key.get(k) for key in settings}) > 1]
     by_key: dict[tuple, list[RunFolder]] = {}
     for run, key in zip(runs, settings):
         by_key.setdefault(tuple(key.get(k) for k in varying), []).append(run)
-    return [Group({k: v for k, v in zip(varying, values) if v is not None}, members, color)
+    return [Group({k: v for k, v in zip(varying, values) if v is not None}, members, color, statuses)
             for (values, members), color in zip(by_key.items(), colors(len(by_key)))]
 
 
@@ -91,15 +97,15 @@ def band(samples: Iterable[np.ndarray], spread: str = "minmax") -> tuple[float, 
 
 
 def final_band(group: Group, key: str, spread: str = "minmax") -> tuple[float, float, float, int]:
-    """Final value of ``key`` over the group's completed runs and their students."""
-    return band((v for r in group.completed if (v := r.final(key)) is not None), spread)
+    """Final value of ``key`` over the group's counted runs and their students."""
+    return band((v for r in group.counted if (v := r.final(key)) is not None), spread)
 
 
 def series_band(group: Group, key: str, spread: str) -> tuple[np.ndarray, np.ndarray]:
-    """``key`` per epoch over the group's completed runs and students: (epochs ``[T]``,
+    """``key`` per epoch over the group's counted runs and students: (epochs ``[T]``,
     ``[T, 3]`` mean / low / high, see :func:`band`)."""
     per_epoch: dict[int, list[np.ndarray]] = {}
-    for run in group.completed:
+    for run in group.counted:
         for epoch, values in run.series(key).items():
             per_epoch.setdefault(epoch, []).append(values)
     epochs = sorted(per_epoch)
@@ -149,7 +155,7 @@ def specialization_rows(groups: list[Group], threshold: float = 0.95) -> list[li
     rows = []
     for g in groups:
         per_layer: dict[int, list[np.ndarray]] = {}
-        for r in g.completed:
+        for r in g.counted:
             if r.array_epochs("match"):
                 arrays = last_arrays(r, "match")
                 for layer in keys.array_layers(arrays, "best"):

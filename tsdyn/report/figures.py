@@ -72,7 +72,7 @@ def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) 
     """One legend for the figure, below the panels: a line per group, plus ``(style, text)`` extras
     (drawn grey: a group's colour may be black)."""
     handles = [Line2D([], [], color=g.color, lw=2) for g in groups]
-    labels = [g.label + ("" if g.completed or not g.runs else " (no completed run)") for g in groups]
+    labels = [g.label + ("" if g.counted or not g.runs else " (no run counted)") for g in groups]
     handles += [Line2D([], [], color="0.55", ls=style) for style, _ in extra]
     labels += [text for _, text in extra]
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), frameon=False)
@@ -83,10 +83,10 @@ def legend(fig: Figure, groups: list[Group], extra: list[tuple[str, str]] = ()) 
 # (report.md) say the rest.
 
 def fig_curves(groups: list[Group], spread: str):
-    runs = [r for g in groups for r in g.completed]
+    runs = [r for g in groups for r in g.counted]
     layers = layers_of(runs, "match", "mean_best")
     if not layers:
-        return None, "no match/layer<l>/mean_best values in the completed runs"
+        return None, "no match/layer<l>/mean_best values in the runs counted"
     fig, axes = panels(len(layers) + 1, max_cols=5)
     for ax, layer in zip(axes, layers):
         for g in groups:
@@ -108,7 +108,7 @@ def fig_curves(groups: list[Group], spread: str):
 
 
 def fig_luck(groups: list[Group], spread: str):
-    runs = [r for g in groups for r in g.completed]
+    runs = [r for g in groups for r in g.counted]
     layers = layers_of(runs, "luck", keys.luck_rank("mean", 0))
     if not layers:
         return None, "no luck/layer<l>/top_pct_mean/epoch<b> values (the luck callback was off)"
@@ -131,11 +131,11 @@ def fig_luck(groups: list[Group], spread: str):
 
 
 def fig_width(groups: list[Group], spread: str):
-    runs = [r for g in groups for r in g.completed]
+    runs = [r for g in groups for r in g.counted]
     widths = sorted({r.config_value("student.width_mult") for r in runs} - {None})
     layers = layers_of(runs, "match", "mean_best")
     if len(widths) < 2 or not layers:
-        return None, "fewer than two student.width_mult values among the completed runs"
+        return None, "fewer than two student.width_mult values among the runs counted"
     series: dict[tuple, list[Group]] = {}   # groups that differ only in width_mult share a line
     for g in groups:
         rest = tuple((k, v) for k, v in g.values.items() if k != "student.width_mult")
@@ -143,7 +143,7 @@ def fig_width(groups: list[Group], spread: str):
     fig, axes = panels(len(layers))
     for ax, layer in zip(axes, layers):
         for members in series.values():
-            points = sorted(((r.config_value("student.width_mult"), g) for g in members for r in g.completed[:1]),
+            points = sorted(((r.config_value("student.width_mult"), g) for g in members for r in g.counted[:1]),
                             key=lambda p: p[0])
             xs = np.array([w for w, _ in points])
             stats = np.array([final_band(g, keys.layer_key("match", layer, "mean_best"), spread)[:3]
@@ -160,11 +160,11 @@ def fig_width(groups: list[Group], spread: str):
 
 
 def array_runs(groups: list[Group], name: str, array: str) -> tuple[list[tuple[Group, RunFolder]], list[int]]:
-    """(group, run) for each completed run whose last ``arrays/<name>_epochNNN.npz`` holds
+    """(group, run) for each counted run whose last ``arrays/<name>_epochNNN.npz`` holds
     ``<array>_layer<l>`` arrays, and the union of those layers ``l``."""
     pairs, layers = [], set()
     for g in groups:
-        for r in g.completed:
+        for r in g.counted:
             found = keys.array_layers(last_arrays(r, name), array) if r.array_epochs(name) else []
             if found:
                 pairs.append((g, r))
@@ -201,7 +201,7 @@ def fig_fanout_nodes(groups: list[Group], _spread: str):
     if not pairs:
         return None, "no arrays/fanout_epochNNN.npz files (the fan-out callback was off)"
     shown = {}
-    for g, r in pairs:            # one run per group: student 0 of its first completed run
+    for g, r in pairs:            # one run per group: student 0 of its first counted run
         shown.setdefault(g.label, (g, r))
     chosen = [(g, r, layer) for g, r in shown.values()
               for layer in keys.array_layers(last_arrays(r, "fanout"), "fanout")]
@@ -370,7 +370,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
                      "epochs, sorted in descending order (with teacher-initialised students: within the "
                      "teacher-initialised block, left of the dotted line, and within the rest). {layers}.",
                      fig_fanout_nodes),
-    "fanout_lshape": ("L-shape: every student node of every completed run at the end of training, its best "
+    "fanout_lshape": ("L-shape: every student node of every run counted at the end of training, its best "
                       "correlation with a teacher node against its fan-out norm. {layers}.", fig_fanout_lshape),
     "bn_bias": ("Histograms of the student BatchNorm biases at the end (all students of all runs), per group, "
                 "with the share <= 0 in each panel's legend (the teacher's: dashed). {layers}.", fig_bn_bias),
@@ -378,7 +378,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
                     "and at the end (solid). Line: mean over teacher nodes, runs and students; band: {band}. "
                     "{layers}.", fig_sorted_corr),
     "fanout_sorted": (f"Final fan-out norms of every student node, sorted in descending order: one line per "
-                      f"student of every completed run of a group (at most {MAX_PANELS} panels). "
+                      f"student of every run counted of a group (at most {MAX_PANELS} panels). "
                       "{layers}.", fig_fanout_sorted),
     "specialization": ("Specialization: for each teacher node, in index order (the strength rank under strength "
                        "decay), the share of all students of a group whose best correlation with it exceeds 0.95 "

@@ -40,6 +40,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def epoch_values(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row's per-epoch values: ``step``, ``epoch`` and the per-step keys left out."""
+    return {k: v for k, v in row.items() if k not in ("step", "epoch") and keys.base_key(k) not in keys.STEP_KEYS}
+
+
 def split_override(line: str) -> tuple[str, str]:
     """``"student.width_mult=5"`` -> ``("student.width_mult", "5")`` (a leading ``+``/``++``/``~`` is dropped)."""
     key, _, value = line.partition("=")
@@ -114,9 +119,28 @@ class RunFolder:
             return None
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
+    @cached_property
+    def end(self) -> dict[str, Any]:
+        """The run's values at its end: ``summary.json``'s ``final``; for a run without them (still
+        training, or stopped by a signal) the last logged value of each per-epoch key."""
+        if "final" in self.summary:
+            return self.summary["final"]
+        last: dict[str, Any] = {}
+        for row in self.rows:
+            last.update(epoch_values(row))
+        return last
+
+    @cached_property
+    def epochs_done(self) -> int | None:
+        """The epochs the run trained: ``summary.json``'s for a completed run; otherwise the last epoch
+        with per-epoch values (epoch 0: the initialisation alone; None: no values yet)."""
+        if self.status == "completed":
+            return self.summary.get("epochs")
+        return max((int(row["epoch"]) for row in self.rows if epoch_values(row)), default=None)
+
     def final(self, key: str) -> np.ndarray | None:
-        """Per-student values ``[E]`` of ``key`` at the end of the run (``summary.json``'s ``final``)."""
-        return self.members(self.summary.get("final", {}), key)
+        """Per-student values ``[E]`` of ``key`` at the end of the run (:attr:`end`)."""
+        return self.members(self.end, key)
 
     def series(self, key: str) -> dict[int, np.ndarray]:
         """``{epoch: [E]}`` for every epoch a row holds ``key`` (the last such row of each epoch)."""
@@ -128,8 +152,8 @@ class RunFolder:
         return out
 
     def keys(self) -> set[str]:
-        """Every scalar key of the run's final values, per-student suffixes dropped."""
-        return {keys.base_key(k) for k in self.summary.get("final", {})}
+        """Every scalar key of the run's values at its end (:attr:`end`), per-student suffixes dropped."""
+        return {keys.base_key(k) for k in self.end}
 
     def array_epochs(self, name: str) -> list[int]:
         """Epochs with an ``arrays/<name>_epochNNN.npz`` file, ascending."""
