@@ -7,10 +7,10 @@ students inside each run (``student.num_students``; per-student keys ``<key>/s<i
 in the figures a band of +- one standard deviation (``--band minmax``: min to max), in the tables
 [min, max]. Runs that diverged or failed are listed, never averaged in. ``--unfinished`` also
 counts runs still training or stopped by a signal, at their last evaluated epoch (a study's
-progress, drawn while it runs). Layer 0 is the lowest
-hidden layer in every figure and table. Figures are drawn for a paper (:mod:`tsdyn.report.figures`);
-what each figure shows and how is said in its caption in ``report.md``. Figures, each skipped with a
-note in the table when the runs lack its data:
+progress, drawn while it runs). Layer 0 is the lowest hidden layer in every figure and table.
+Figures are drawn for a paper (:mod:`tsdyn.report.figures`); what each figure shows and how is said
+in its caption in ``report.md``. Figures, each skipped with a note in the table when the runs lack
+its data:
 
 1. ``curves``: mean best correlation per layer and eval loss vs epoch;
 2. ``luck``: mean / median top-% rank of the final winner per layer vs baseline epoch;
