@@ -37,7 +37,7 @@ from tsdyn.build import build_teacher
 from tsdyn.nets import EnsembleNet, per_student_loss
 from tsdyn.report.aggregate import group_runs
 from tsdyn.runfolder.paths import HYDRA, array_names, is_run_folder, last_checkpoint
-from tsdyn.runfolder.reader import RunFolder, find_runs
+from tsdyn.runfolder.reader import RunFolder, epoch_values, find_runs
 from tsdyn.snapshot import Snapshot
 
 
@@ -50,9 +50,8 @@ def epoch_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     (:data:`tsdyn.keys.STEP_KEYS`, tagged with the epoch *under way*) are left out: :func:`step_table`."""
     per_epoch: dict[int, dict[str, Any]] = {}
     for row in rows:
-        values = {k: v for k, v in row.items() if k != "epoch" and keys.base_key(k) not in keys.STEP_KEYS}
-        if len(values) > 1:  # more than the step
-            per_epoch.setdefault(int(row["epoch"]), {}).update(values)
+        if values := epoch_values(row):
+            per_epoch.setdefault(int(row["epoch"]), {}).update(step=row["step"], **values)
     table = pd.DataFrame.from_dict(per_epoch, orient="index", dtype=float)
     table = table[sorted(table.columns, key=lambda k: (k != "step", keys.sort_key(k)))] if len(table) else table
     table.index.name = "epoch"
