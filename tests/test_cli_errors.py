@@ -5,7 +5,7 @@ what is allowed; valid commands pass untouched; the light path never imports tor
 import pytest
 from omegaconf import OmegaConf
 
-from tests.cli import USER_ENV, interpreter
+from tests.cli import ROOT, USER_ENV, interpreter
 from tsdyn import cli
 from tsdyn.cli import check_command_line
 from tsdyn.config import ANALYSIS_RULES, CALLBACK_RULES, check_values
@@ -118,15 +118,26 @@ def test_every_analysis_class_declares_its_rules_in_the_light_table():
 
 def test_the_light_path_imports_no_torch():
     """Importing every entry point, checking a command line, composing and checking every value of
-    a run and of a sweep's jobs: none of torch, Lightning, W&B, matplotlib, scipy (a top-level heavy
-    import in tsdyn.train, tsdyn.config, tsdyn.cli ... fails this). Teacher pre-training and the
-    notebook API load torch, never Lightning."""
+    a run and of a sweep's jobs, and a multirun job refused for a bad value (Hydra's callbacks of
+    the train config instantiated, as in every job; the job exits 2): none of torch, Lightning,
+    W&B, matplotlib, scipy (a top-level heavy import in tsdyn.train, tsdyn.config, tsdyn.cli,
+    tsdyn.resume ... fails this). Teacher pre-training and the notebook API load torch, never
+    Lightning."""
     code = ("import sys\n"
             "import tsdyn, tsdyn.train, tsdyn.sweeps, tsdyn.pretrain_teacher, tsdyn.bn_bias, tsdyn.report\n"
+            "from hydra import compose, initialize_config_dir\n"
+            "from hydra.utils import instantiate\n"
             "from tsdyn.config import check_values\n"
             "from tsdyn.cli import check_command_line\n"
             "check_command_line('train', ['student.width_mult=5', 'callbacks.matching.thresholds=[0.9]'], check_values)\n"
             "assert tsdyn.sweeps.main(['sweep=width']) == 0\n"
+            f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+            "    cfg = compose('train', overrides=['student.width_mult=0'], return_hydra_config=True)\n"
+            "callbacks = [instantiate(c) for c in cfg.hydra.callbacks.values()]\n"
+            "try:\n"
+            "    tsdyn.train.job(cfg)\n"
+            "except SystemExit as stop:\n"
+            "    assert stop.code == 2, stop.code\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
             # then every module teacher pre-training and the notebook API import, where they import it:
             # torch, but never Lightning (~5 s of their start-up)

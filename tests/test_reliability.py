@@ -20,7 +20,8 @@ from tsdyn.config import ConfigError
 from tsdyn.runfolder.paths import WANDB_ID as WANDB_ID_FILE
 from tsdyn.module import Interrupted
 from tsdyn.runfolder.reader import read_metrics
-from tsdyn.resume import StopOnSignal, resumed_config
+from tsdyn.interrupt import StopOnSignal
+from tsdyn.resume import resumed_config
 from tsdyn.runfolder.paths import last_checkpoint
 from tsdyn.runfolder.state import check_resumable, continue_in
 from tsdyn.train import job, run

@@ -2,8 +2,9 @@
 a sweep preset runs as one array under ``hydra/launcher=slurm`` and the report reads it; a failed
 task is recorded in its folder while the others complete; a task pre-empted with
 ``scancel --signal=USR2`` checkpoints, is requeued, resumes and ends exactly as an uninterrupted
-run; the W&B group spans the tasks; no sacct warning on a cluster without accounting. Plus the
-pieces that need no cluster (squeue parsing, threads from SLURM)."""
+run (its twin task, the same config, is the uninterrupted run); the W&B group spans the tasks; no
+sacct warning on a cluster without accounting. Plus the pieces that need no cluster (squeue
+parsing, threads from SLURM)."""
 import json
 import subprocess
 import time
@@ -12,23 +13,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
-
 from tests.cli import Command
 from tests.test_reliability import assert_same_run
 from tsdyn.report import main as report
 from tsdyn.runfolder.reader import find_runs, read_metrics
 from tsdyn.slurm import GONE, SqueueWatcher, set_threads
-from tsdyn.train import run
 
-# three tasks of the width preset, one CPU each (this node has 2): task 0 (width_mult 2) and task 2
-# (width_mult 1) train 3 short epochs of 512 steps, task 0 is pre-empted early in its first epoch (a
-# few seconds of training still ahead: the signal must not come after its last step); task 1
-# (width_mult 0) is refused, a failed task
-SWEEP = ["sweep=width", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "student.width_mult=2,0,1",
+# three tasks of the width preset, one CPU each (this node has 2): tasks 0 and 2, the same config
+# (width_mult 2), train 3 short epochs of 512 steps; task 0 is pre-empted early in its first epoch (a
+# few seconds of training still ahead: the signal must not come after its last step) and task 2 runs
+# uninterrupted, the reference task 0 must end as; task 1 (width_mult 0) is refused, a failed task
+SWEEP = ["sweep=width", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "student.width_mult=2,0,2",
          "student.num_students=1", "epochs=3", "data.n_train=32768", "data.n_eval=512", "steps_per_call=16",
          "log_every_n_steps=16", "trainer.enable_progress_bar=false", "callbacks=minimal", "logger=wandb"]
-PREEMPTED = 0
+PREEMPTED, TWIN = 0, 2
 
 
 def run_sweep(env: dict[str, str], sweep_dir: Path) -> SimpleNamespace:
@@ -65,7 +63,7 @@ def test_sweep_preset_on_a_slurm_cluster(slurm_cluster, tmp_path):
     assert array_run.returncode == 0, array_run.output[-3000:]
     runs_as_one_array_and_the_report_reads_it(array_run)
     failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run)
-    preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, tmp_path / "reference")
+    preempted_task_is_requeued_and_ends_as_its_uninterrupted_twin(array_run)
     wandb_group_spans_the_tasks(array_run)
 
 
@@ -81,8 +79,8 @@ def runs_as_one_array_and_the_report_reads_it(array_run):
     assert "sacct" not in array_run.output.replace("no sacct", "")
     assert report([str(array_run.dir), "--figures", "none"]) == 0   # the table (the figures: test_report)
     md = (array_run.dir / "report" / "report.md").read_text()
-    assert "3 runs in 3 groups" in md and "status: 2 completed, 1 failed" in md
-    assert "| width_mult 2 | 1/1 | 1 | 3 |" in md and "| width_mult 0 | 0/1 | 0 | - |" in md
+    assert "3 runs in 2 groups" in md and "status: 2 completed, 1 failed" in md
+    assert "| width_mult 2 | 2/2 | 2 | 3 |" in md and "| width_mult 0 | 0/1 | 0 | - |" in md
 
 
 def failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):
@@ -94,21 +92,18 @@ def failed_task_is_recorded_in_its_folder_and_the_others_complete(array_run):
         assert [r["epoch"] for r in read_metrics(array_run.runs[name].path) if "loss/eval" in r] == [0, 1, 2, 3]
 
 
-def preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(array_run, reference: Path):
+def preempted_task_is_requeued_and_ends_as_its_uninterrupted_twin(array_run):
     log = job_log(array_run, PREEMPTED)
     assert "this job is preempted" in log and f"Requeued job {array_run.array_id}_{PREEMPTED}" in log
     assert log.count("Starting with JobEnvironment") == 2          # the first run and the requeued one
-    run_dir = array_run.runs[str(PREEMPTED)].path
+    assert job_log(array_run, TWIN).count("Starting with JobEnvironment") == 1
+    run_dir, twin = array_run.runs[str(PREEMPTED)].path, array_run.runs[str(TWIN)].path
     steps = [r["step"] for r in read_metrics(run_dir) if "loss/train" in r]
     assert steps == sorted(set(steps))                             # no step twice
 
-    # the same config run uninterrupted in this process: the same rows, weights and final metrics
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    with open_dict(cfg):
-        cfg.logger, cfg.run_dir = None, str(reference)
-    uninterrupted = run(cfg, reference)["final"]
-    assert_same_run(run_dir, reference)
-    final = array_run.runs[str(PREEMPTED)].summary["final"]
+    # the same config run uninterrupted (task 2): the same rows, weights and final metrics
+    assert_same_run(run_dir, twin)
+    final, uninterrupted = (array_run.runs[str(t)].summary["final"] for t in (PREEMPTED, TWIN))
     assert final == uninterrupted
     shown = ("loss/eval", "match/layer0/mean_best")
     print(f"\npre-empted and requeued task: final {json.dumps({k: final[k] for k in shown})}"
@@ -120,10 +115,10 @@ def wandb_group_spans_the_tasks(array_run):
     logs = {name: sorted((array_run.runs[name].path / "wandb").glob("offline-run-*/run-*.wandb")) for name in ("0", "2")}
     assert [len(logs["0"]), len(logs["2"])] == [2, 1]              # the requeued task: two parts of one W&B run
     assert len({p.parent.name.rsplit("-", 1)[1] for p in logs["0"]}) == 1
-    for name, width in (("0", 2), ("2", 1)):
+    for name in ("0", "2"):
         for path in logs[name]:
             data = path.read_bytes()
-            assert group in data and f"student.width_mult={width}".encode() in data
+            assert group in data and b"student.width_mult=2" in data
     assert not (array_run.runs["1"].path / "wandb").exists()       # refused before W&B started
 
 

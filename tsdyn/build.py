@@ -50,7 +50,7 @@ def build(cfg: DictConfig, run_dir: Path | None) -> tuple[TeacherStudent, pl.Tra
     from tsdyn.callbacks import StepProgressBar
     from tsdyn.loggers import start_loggers
     from tsdyn.module import TeacherStudent
-    from tsdyn.resume import CheckpointOnInterrupt
+    from tsdyn.interrupt import CheckpointOnInterrupt
     from tsdyn.runfolder.writer import Recorder
 
     data = instantiate(cfg.data)

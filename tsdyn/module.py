@@ -86,7 +86,7 @@ class TeacherStudent(pl.LightningModule):
         self._fused: FusedSGD | None = None
         self._chunk = 1  # optimizer steps per call of the step function
         self._compile_logged = 0.0
-        self.stop_signal: int | None = None  # set by a signal handler (tsdyn.resume.StopOnSignal)
+        self.stop_signal: int | None = None  # set by a signal handler (tsdyn.interrupt.StopOnSignal)
         self._in_epoch = False  # between on_train_epoch_start and on_train_epoch_end (checkpointed)
         self._resumed: dict | None = None  # this module's part of the checkpoint resumed from
         self._snapshot: Snapshot | None = None

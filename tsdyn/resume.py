@@ -1,11 +1,7 @@
-"""Interruption and resume: a signal never tears a run, and an interrupted run continues where it
-stopped.
+"""Resume: an interrupted run continues where it stopped, a completed one can be extended, and a
+run folder is never reused (config and folder side, light: no torch; the signals themselves are
+:mod:`tsdyn.interrupt`).
 
-- :class:`StopOnSignal`: SIGINT and SIGTERM (and, under submitit, its pre-emption signal) only ask
-  the training loop to stop (``TeacherStudent.stop_signal``); it stops after the current optimizer
-  step by raising :class:`~tsdyn.module.Interrupted`.
-- :class:`CheckpointOnInterrupt`: while Lightning unwinds, ``checkpoints/last.ckpt`` is written at
-  that step (the module adds its loop state and the size of ``metrics.jsonl`` to it).
 - ``python -m tsdyn.train resume=<run folder>``: :class:`RunFolderGuard` points Hydra at that folder
   without touching its stored config, :func:`resumed_config` loads that config, and the run
   continues from ``checkpoints/last.ckpt``; the module cuts ``metrics.jsonl`` back to the rows the
@@ -16,28 +12,23 @@ stopped.
   (:func:`extend_run_folder`), as if the run had been started so.
 - A fresh run never writes into a folder that holds a run (:func:`~tsdyn.runfolder.state.continue_in`),
   except a requeued SLURM job (pre-emption, submitit), which continues the run it finds there.
+
+Hydra instantiates :class:`RunFolderGuard` in every job, and a job checks its config before it
+trains: this module loads no torch, so a job refused for a bad value ends in about a second.
 """
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tsdyn.config import exit_on_config_error, fail
-from tsdyn.module import Interrupted, TeacherStudent
-from tsdyn.runfolder.paths import HYDRA, METRICS, SUMMARY, last_checkpoint
+from tsdyn.runfolder.paths import HYDRA, METRICS, SUMMARY
 from tsdyn.runfolder.reader import RUN_ONLY_KEYS
 from tsdyn.runfolder.state import check_resumable, continue_in, requeued, status, wall_time_parts
-from tsdyn.runfolder.writer import Recorder, atomic_write_text
 
 # Overrides a resumed run accepts: those that change how it runs, not what it computes, and
 # ``epochs`` (an unfinished run's: not fewer; a completed run's: more, which extends it:
@@ -79,6 +70,8 @@ def extend_run_folder(folder: Path, epochs: int) -> None:
     wall times (no status: unfinished), so that the run, stopped in any way before its new end, is
     resumed as any unfinished run (plain ``resume=``). Nothing is written when the folder says
     ``epochs`` already, or has no config (a run started in-process, not by Hydra)."""
+    from tsdyn.runfolder.writer import Recorder, atomic_write_text  # torch: only a run that trains extends
+
     config_file, overrides_file = folder / HYDRA / "config.yaml", folder / HYDRA / "overrides.yaml"
     config = OmegaConf.load(config_file) if config_file.exists() else None
     if config is None or int(config.epochs) == int(epochs):
@@ -116,55 +109,3 @@ class RunFolderGuard(Callback):
         if any(sweep_dir.glob(f"*/{METRICS}")) and not requeued():
             with exit_on_config_error():
                 fail("hydra.sweep.dir", str(sweep_dir), "a folder without runs in it")
-
-
-class StopOnSignal:
-    """Within ``with``: SIGINT and SIGTERM, and submitit's pre-emption signal where submitit handles
-    it (``SUBMITIT_PREEMPT_SIGNAL``, default USR2), set ``module.stop_signal`` and say so in one line;
-    the training loop then stops after the current optimizer step. A second SIGINT stops at once
-    (``KeyboardInterrupt``, no checkpoint). On exit the previous handlers come back, and after a
-    pre-emption signal submitit's own handler runs (it requeues the job; its exit becomes
-    :class:`~tsdyn.module.Interrupted`, which a multirun's per-job error handling lets through)."""
-
-    def __init__(self, module: TeacherStudent):
-        self.module = module
-        self.preempt = getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}", None)
-        self.signals = [signal.SIGINT, signal.SIGTERM]
-        if self.preempt is not None and callable(signal.getsignal(self.preempt)):
-            self.signals.append(self.preempt)
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
-        return self
-
-    def _handle(self, signum: int, _frame) -> None:
-        if signum == signal.SIGINT and self.module.stop_signal is not None:
-            raise KeyboardInterrupt
-        self.module.stop_signal = signum
-        print(f"tsdyn: {signal.Signals(signum).name} received: stopping after this optimizer step "
-              f"(checkpoint, then exit; press Ctrl-C again to stop at once)", file=sys.stderr)
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        received = self.module.stop_signal
-        if received is not None and received == self.preempt and received in self.previous:
-            try:
-                self.previous[received](received, None)
-            except SystemExit:  # submitit requeued the job and exits: no sweep handler may swallow that
-                raise Interrupted(received) from None
-
-
-class CheckpointOnInterrupt(pl.Callback):
-    """Writes :func:`last_checkpoint` when a signal ends training (:class:`~tsdyn.module.Interrupted`
-    from the loop, or Lightning's own SIGTERM exit at the end of a call or epoch): always at a step
-    boundary, so ``resume=`` continues exactly there."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = last_checkpoint(run_dir)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (Interrupted, SIGTERMException)):
-            trainer.save_checkpoint(self.path, weights_only=False)

@@ -15,7 +15,6 @@ import os
 import subprocess
 from typing import Any
 
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
@@ -32,6 +31,8 @@ def set_threads(threads: int | None) -> None:
     torch's default."""
     threads = threads or os.environ.get("SLURM_CPUS_PER_TASK")
     if threads:
+        import torch  # here: Hydra loads this module in every job, also one refused before it trains
+
         torch.set_num_threads(int(threads))
 
 

@@ -70,7 +70,7 @@ def _run(cfg: DictConfig, run_dir: Path, resume: bool) -> dict:
 
     from tsdyn.build import build
     from tsdyn.module import Diverged
-    from tsdyn.resume import StopOnSignal
+    from tsdyn.interrupt import StopOnSignal
 
     module, trainer = build(cfg, run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
