@@ -1,7 +1,7 @@
 """tsdyn's commands run as a user runs them, ``python -m <module> <args>``, each in a process of its own
 (its argv, environment, working folder, stdout/stderr, exit status and signals), forked from a server
-that has imported the heavy libraries once: a command then starts in ~0.1 s instead of ~10 s (most of
-it ``import pytorch_lightning``). The tests of what a command imports (the light path, tab completion)
+that has imported the heavy libraries once (one server for all xdist workers): a command then starts
+in ~0.1 s instead of ~6 s (most of it ``import pytorch_lightning``). The tests of what a command imports (the light path, tab completion)
 and of commands that answer before torch loads (``--help``, config errors: under a second in a new
 interpreter, where the server takes ~10 s to start) run a new interpreter instead (:func:`interpreter`)."""
 from __future__ import annotations
@@ -27,8 +27,45 @@ USER_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WAND
 # run to end would delete); tsdyn's entry points are left to the run itself, as __main__
 PRELOAD = ["pytorch_lightning", "hydra", "pandas", "matplotlib.pyplot", "tsdyn.module", "tsdyn.build"]
 
+# Under pytest-xdist the controller starts one server for all its workers (:func:`start_shared_server`,
+# tests/conftest.py), which each worker attaches to: the preload (~6 s) is paid once, not per worker.
+SHARED_SERVER = "TSDYN_TEST_FORK_SERVER"
+
 _server = multiprocessing.get_context("forkserver")
 _server.set_forkserver_preload(PRELOAD)
+
+
+def start_shared_server() -> str:
+    """Start this process's fork server (it preloads in the background) and return its socket's
+    address, for processes started later to attach to (:func:`_attach`). It runs while this process
+    does (it stops when the last holder of its "alive" pipe exits: this process)."""
+    from multiprocessing import forkserver
+    forkserver.ensure_running()
+    return forkserver._forkserver._forkserver_address
+
+
+def _attach(address: str) -> None:
+    """Fork this process's commands from the server at ``address`` (started by another process)
+    instead of starting a server of its own. multiprocessing's fork server is meant for one process
+    tree: a client only needs the server's address, a resource tracker of its own, and an "alive"
+    descriptor that the forked children keep (they never use it here)."""
+    from multiprocessing import forkserver, resource_tracker
+    server = forkserver._forkserver
+    server._forkserver_address = address
+    server._forkserver_alive_fd = os.open(os.devnull, os.O_WRONLY)
+    server.ensure_running = resource_tracker.ensure_running  # the server runs: only the tracker to start
+
+
+def shareable() -> bool:
+    """This Python's fork server is the one :func:`_attach` knows (3.11-3.13: no authentication key,
+    which 3.14 adds); elsewhere each process starts its own."""
+    from multiprocessing import forkserver
+    return hasattr(forkserver._forkserver, "_forkserver_alive_fd") and not hasattr(forkserver._forkserver,
+                                                                                  "_forkserver_authkey")
+
+
+if os.environ.get(SHARED_SERVER) and os.path.exists(os.environ[SHARED_SERVER]):
+    _attach(os.environ[SHARED_SERVER])
 
 
 def _main(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str | None) -> None:

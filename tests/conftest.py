@@ -142,6 +142,14 @@ def slurm_cluster() -> dict[str, str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def pytest_configure(config):
+    """With xdist workers (``-n N``), this controller starts the one fork server their commands fork
+    from (tests/cli.py), before the workers start: they find it through the environment."""
+    from tests.cli import SHARED_SERVER, shareable, start_shared_server
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput") and shareable():
+        os.environ[SHARED_SERVER] = start_shared_server()
+
+
 def pytest_collection_modifyitems(items):
     """The SLURM run, then the other end-to-end runs (marked slow), then the rest: the long tests start
     first on the workers and the short ones fill in behind them, instead of one long test ending the
