@@ -1,4 +1,7 @@
-"""Shared test helpers: compose the real Hydra config with overrides and a tmp run folder."""
+"""Shared test helpers: compose the real Hydra config with overrides and a tmp run folder.
+
+Light at import (no torch, Hydra or OmegaConf): under xdist the controller loads this file too, before
+it starts the workers, and runs no test; a test process sets itself up in :func:`pytest_configure`."""
 from __future__ import annotations
 
 import copy
@@ -11,12 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import omegaconf.omegaconf
+from typing import TYPE_CHECKING
+
 import pytest
-import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -39,7 +43,6 @@ class _ParsedOnce:
         return copy.deepcopy(self._parsed[text])
 
 
-omegaconf.omegaconf.yaml = _ParsedOnce()
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -48,7 +51,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # lists (six g++ builds, ~10 s, cached per machine): trusted here, where every compile's result is
 # checked against the uncompiled step
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
-torch.set_num_threads(1)
 
 # A small, fast version of the main job (seconds, not minutes). Node matching and the checkpoint
 # only: a test that needs the analyses adds "callbacks=default" (tests/test_analysis_callbacks.py).
@@ -58,6 +60,9 @@ SMALL = ["data.n_train=4096", "data.n_eval=1024", "epochs=3", "steps_per_call=16
 
 def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
     """The composed train config, as ``python -m tsdyn.train <overrides>`` would see it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     if run_dir is not None:
@@ -144,10 +149,17 @@ def slurm_cluster() -> dict[str, str]:
 
 def pytest_configure(config):
     """With xdist workers (``-n N``), this controller starts the one fork server their commands fork
-    from (tests/cli.py), before the workers start: they find it through the environment."""
+    from (tests/cli.py), before the workers start: they find it through the environment. A process
+    that runs tests: one torch thread, and Hydra's YAML parsed once per text (:class:`_ParsedOnce`)."""
     from tests.cli import SHARED_SERVER, shareable, start_shared_server
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput") and shareable():
-        os.environ[SHARED_SERVER] = start_shared_server()
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        if shareable():
+            os.environ[SHARED_SERVER] = start_shared_server()
+        return
+    import omegaconf.omegaconf
+    import torch
+    omegaconf.omegaconf.yaml = _ParsedOnce()
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
