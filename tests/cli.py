@@ -1,9 +1,10 @@
 """tsdyn's commands run as a user runs them, ``python -m <module> <args>``, each in a process of its own
 (its argv, environment, working folder, stdout/stderr, exit status and signals), forked from a server
 that has imported the heavy libraries once (one server for all xdist workers): a command then starts
-in ~0.1 s instead of ~6 s (most of it ``import pytorch_lightning``). The tests of what a command imports (the light path, tab completion)
-and of commands that answer before torch loads (``--help``, config errors: under a second in a new
-interpreter, where the server takes ~10 s to start) run a new interpreter instead (:func:`interpreter`)."""
+in ~0.1 s instead of ~6 s (most of it ``import pytorch_lightning``). The tests of what a command
+imports (the light path, tab completion) and of commands that answer before torch loads (``--help``,
+config errors: under a second in a new interpreter, where the server takes ~6 s to start) run a new
+interpreter instead (:func:`interpreter`)."""
 from __future__ import annotations
 
 import atexit

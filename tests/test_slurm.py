@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from tests.cli import Command
 from tests.test_reliability import assert_same_run
 from tsdyn.report import main as report
