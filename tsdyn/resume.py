@@ -14,7 +14,7 @@ run folder is never reused (config and folder side, light: no torch; the signals
   except a requeued SLURM job (pre-emption, submitit), which continues the run it finds there.
 
 Hydra instantiates :class:`RunFolderGuard` in every job, and a job checks its config before it
-trains: this module loads no torch, so a job refused for a bad value ends in about a second.
+trains: this module loads no torch, so a job refused for a bad value ends before torch loads.
 """
 from __future__ import annotations
 
